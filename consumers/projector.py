@@ -1,0 +1,265 @@
+"""The projector: Kafka in, batches folded, one PostgreSQL transaction per batch.
+
+Poll -> decode -> pure fold (:mod:`projections.batch`) -> dead letters -> one write with the
+positions (compare-and-set) -> commit. Positions live in PostgreSQL, so a restart, crash or
+rebalance resumes exactly where the last committed transaction ended (guarantee 1). Kafka's own
+committed offsets are written after the transaction, for lag tooling only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from consumers.backoff import Backoff
+from consumers.dlq import DeadLetter, contradiction_letter, dead_letter
+from contracts.codec import PoisonEvent, decode
+from projections.batch import Located, plan
+from projections.repository import Advance, Fenced, ProjectionRepository
+
+log = logging.getLogger(__name__)
+
+ConnectionFactory = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for logs, metrics and tests."""
+
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    fenced: int = 0
+    retries: int = 0
+    last_batch_at: float = 0.0
+    partitions: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    located: list[Located]
+    letters: list[DeadLetter]
+    advances: list[Advance]
+
+
+class Projector:
+    """Projects one topic into the read models of one schema."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        connect: ConnectionFactory,
+        repository: ProjectionRepository | None = None,
+        topic: str,
+        dlq_topic: str,
+        max_records: int = 5000,
+        wait_ms: int = 100,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.producer = producer
+        self.connect = connect
+        self.repository = repository or ProjectionRepository()
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.max_records = max_records
+        self.wait_ms = wait_ms
+        self.backoff = backoff or Backoff()
+        self.stats = Stats()
+        #: Position each owned partition is at in PostgreSQL, as far as this process knows.
+        self.expected: dict[int, int] = {}
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then stop (SIGTERM handler)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; every batch is applied exactly once or not at all."""
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        try:
+            while not self._stopping.is_set():
+                records = await self.consumer.getmany(
+                    timeout_ms=self.wait_ms, max_records=self.max_records
+                )
+                batch = [r for tp, rs in records.items() if tp.partition in self.expected
+                         for r in rs]
+                if batch:
+                    await self.project(batch)
+        finally:
+            await self._close_connection()
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def project(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Apply one fetched batch: retried with backoff until it commits or is fenced."""
+        decoded = self._decode(records)
+        attempt = 0
+        while True:
+            try:
+                await self._apply(decoded)
+                break
+            except Fenced as exc:
+                self.stats.fenced += 1
+                log.warning("batch dropped: %s", exc)
+                await self._resync([a.partition for a in decoded.advances])
+                return
+            except (psycopg.OperationalError, KafkaError, OSError) as exc:
+                attempt += 1
+                self.stats.retries += 1
+                await self._close_connection()
+                delay = self.backoff.delay(attempt)
+                log.warning("batch failed (%s: %s); retry %d in %.1fs",
+                            type(exc).__name__, exc, attempt, delay)
+                if await self._sleep_or_stop(delay):
+                    raise
+        for adv in decoded.advances:
+            self.expected[adv.partition] = adv.next_offset
+        self.stats.batches += 1
+        self.stats.events += len(records)
+        self.stats.last_batch_at = time.monotonic()
+        await self._commit_kafka_offsets(decoded.advances)
+
+    def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Decoded:
+        located: list[Located] = []
+        letters: list[DeadLetter] = []
+        last: dict[int, tuple[int, datetime | None]] = {}
+        for rec in records:
+            event_time = last.get(rec.partition, (0, None))[1]
+            try:
+                event = decode(rec.value)
+                if rec.key is not None and rec.key != event.data.user_id.encode():
+                    raise PoisonEvent(
+                        "key-mismatch", "the Kafka key must equal data.user_id (per-user order)"
+                    )
+            except PoisonEvent as poison:
+                letters.append(dead_letter(
+                    reason=poison.reason, detail=poison.detail, topic=rec.topic,
+                    partition=rec.partition, offset=rec.offset, key=rec.key, value=rec.value,
+                ))
+            else:
+                located.append(Located(event, rec.partition, rec.offset, rec.value))
+                event_time = event.time if event_time is None else max(event_time, event.time)
+            last[rec.partition] = (rec.offset, event_time)
+        advances = [
+            Advance(p, self.expected[p], offset + 1, when) for p, (offset, when) in last.items()
+        ]
+        return Decoded(located, letters, advances)
+
+    async def _apply(self, decoded: Decoded) -> None:
+        conn = await self._connection()
+        async with conn.transaction():
+            sessions = list({item.event.data.session_id for item in decoded.located})
+            prior = await self.repository.load_histories(conn, sessions)
+            result = plan(prior, decoded.located)
+            letters = decoded.letters + [
+                contradiction_letter(c, self.topic) for c in result.contradictions
+            ]
+            # Dead letters are acknowledged before the positions commit: a crash in between
+            # repeats them (at-least-once, each carries its origin), it never loses one.
+            await self._publish(letters)
+            await self.repository.write(conn, self.topic, result, decoded.advances)
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_letters += len(letters)
+
+    async def _publish(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        sent = [
+            await self.producer.send(self.dlq_topic, d.value, key=d.key, headers=d.headers)
+            for d in letters
+        ]
+        await asyncio.gather(*sent)
+
+    # -- positions -----------------------------------------------------------------------
+
+    async def on_assigned(self, partitions: Sequence[int]) -> None:
+        """Seek every newly owned partition to the position stored in PostgreSQL."""
+        attempt = 0
+        while True:
+            try:
+                conn = await self._connection()
+                async with conn.transaction():
+                    stored = await self.repository.ensure_positions(conn, self.topic, partitions)
+                break
+            except (psycopg.OperationalError, OSError) as exc:
+                attempt += 1
+                await self._close_connection()
+                delay = self.backoff.delay(attempt)
+                log.warning("cannot read positions (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+        for p, offset in stored.items():
+            self.consumer.seek(TopicPartition(self.topic, p), offset)
+            self.expected[p] = offset
+        self.stats.partitions = set(self.expected)
+        log.info("assigned %s at %s", sorted(partitions), stored)
+
+    def on_revoked(self, partitions: Sequence[int]) -> None:
+        for p in partitions:
+            self.expected.pop(p, None)
+        self.stats.partitions = set(self.expected)
+
+    async def _resync(self, partitions: Sequence[int]) -> None:
+        owned = [p for p in partitions if p in self.expected]
+        if owned:
+            await self.on_assigned(owned)
+
+    async def _commit_kafka_offsets(self, advances: Sequence[Advance]) -> None:
+        offsets = {TopicPartition(self.topic, a.partition): a.next_offset for a in advances}
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # only lag tooling reads these; PostgreSQL has the truth
+            log.info("kafka offset commit skipped: %s", exc)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await self.connect()
+        return self._conn
+
+    async def _close_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - it is broken already; we only let go of it
+                log.debug("closing a broken connection failed", exc_info=True)
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; True if asked to stop meanwhile (give up the batch)."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        return True
+
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self.projector = projector
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.projector.on_revoked([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        mine = [tp.partition for tp in assigned if tp.topic == self.projector.topic]
+        if mine:
+            await self.projector.on_assigned(mine)

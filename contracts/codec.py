@@ -1,0 +1,90 @@
+"""Bytes <-> events, at the edge, once. Decoding upcasts every event to its newest version."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from contracts.events import (
+    WIRE_TYPES,
+    CloudEvent,
+    EndedEvent,
+    EndedEventV1,
+    Event,
+    InterruptedEvent,
+    SessionEndedV2,
+    StartedEvent,
+)
+
+
+class PoisonEvent(ValueError):
+    """Bytes that can never become a valid event. ``reason`` is a short, stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_WireEvent = Annotated[
+    StartedEvent | InterruptedEvent | EndedEventV1 | EndedEvent,
+    Field(discriminator="type"),
+]
+_wire = TypeAdapter(_WireEvent)
+
+
+def upcast(event: CloudEvent) -> Event:
+    """Bring any known version of an event to the newest shape of its type."""
+    if isinstance(event, EndedEventV1):
+        v1 = event.data
+        # Both sides are already validated: construct without re-validating (hot path).
+        return EndedEvent.model_construct(
+            id=event.id,
+            source=event.source,
+            time=event.time,
+            subject=event.subject,
+            data=SessionEndedV2.model_construct(
+                session_id=v1.session_id,
+                user_id=v1.user_id,
+                ended_at=v1.ended_at,
+                outcome="completed" if v1.completed else "abandoned",
+                reported_interruptions=v1.interruptions,
+                focus_quality=None,
+            ),
+        )
+    assert isinstance(event, StartedEvent | InterruptedEvent | EndedEvent)
+    return event
+
+
+def decode(raw: bytes | None) -> Event:
+    """Parse and validate one message value; raise :class:`PoisonEvent` saying why not."""
+    if not raw:
+        raise PoisonEvent("empty", "message has no value")
+    try:
+        event: CloudEvent = _wire.validate_json(raw)
+    except ValidationError as exc:
+        raise _classify(exc) from exc
+    if event.subject != str(event.data.session_id):  # type: ignore[attr-defined]
+        raise PoisonEvent("invalid", "subject must equal data.session_id")
+    return upcast(event)
+
+
+def _classify(exc: ValidationError) -> PoisonEvent:
+    first = exc.errors(include_url=False)[0]
+    kind = first["type"]
+    if kind == "json_invalid":
+        return PoisonEvent("malformed-json", first["msg"])
+    if kind == "union_tag_invalid":
+        known = ", ".join(sorted(WIRE_TYPES))
+        tag = first.get("ctx", {}).get("tag", "?")
+        return PoisonEvent("unknown-type", f"type {tag!r} is not one of: {known}")
+    if kind == "union_tag_not_found" or kind == "model_attributes_type":
+        return PoisonEvent("not-an-event", "expected a CloudEvents JSON object with a 'type'")
+    where = ".".join(str(p) for p in first["loc"][1:]) or "event"
+    return PoisonEvent("invalid", f"{where}: {first['msg']}")
+
+
+def encode(event: CloudEvent) -> bytes:
+    """Serialise an event as CloudEvents structured JSON."""
+    return event.model_dump_json().encode()

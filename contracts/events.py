@@ -1,0 +1,177 @@
+"""Focus-session events: immutable facts, in a CloudEvents 1.0 envelope (structured JSON mode).
+
+Other services code against the ``type`` names and ``data`` fields defined here; the JSON Schemas
+exported by :mod:`contracts.schema` are generated from these classes, so this module *is* the
+contract. Types are versioned in their name: additive changes keep the version, breaking changes
+get a new version plus an upcaster (see :mod:`contracts.upcasting`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+
+STARTED_V1 = "focus.session.started.v1"
+INTERRUPTED_V1 = "focus.session.interrupted.v1"
+ENDED_V1 = "focus.session.ended.v1"
+ENDED_V2 = "focus.session.ended.v2"
+
+#: Planned Pomodoro length bounds from the original spec (BE-03).
+MIN_PLANNED_MINUTES = 5
+MAX_PLANNED_MINUTES = 90
+DEFAULT_PLANNED_MINUTES = 25
+
+#: User ids are opaque, but bounded: 1-255 printable characters without whitespace or slashes,
+#: so they are safe as Kafka keys, URL path segments and log fields.
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:@+\-|=~]+$"),
+]
+Reason = Annotated[str, StringConstraints(max_length=500)]
+
+
+def _known_zone(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {value!r}") from exc
+    return value
+
+
+TimeZone = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64),
+    AfterValidator(_known_zone),
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SessionStartedV1(_Frozen):
+    """A focus session started. ``duration_minutes`` is the *planned* length (5-90, default 25)."""
+
+    session_id: UUID
+    user_id: UserId
+    step_id: UUID | None = None
+    duration_minutes: int = Field(
+        DEFAULT_PLANNED_MINUTES, ge=MIN_PLANNED_MINUTES, le=MAX_PLANNED_MINUTES
+    )
+    started_at: AwareDatetime
+    #: Additive (still v1): the user's IANA time zone, used for daily/weekly buckets.
+    time_zone: TimeZone | None = None
+
+
+class SessionInterruptedV1(_Frozen):
+    """The user was interrupted during a session (phone, colleague, ...)."""
+
+    session_id: UUID
+    user_id: UserId
+    interrupted_at: AwareDatetime
+    reason: Reason | None = None
+
+
+class SessionEndedV1(_Frozen):
+    """A session ended; ``completed`` says whether the user finished it.
+
+    ``interruptions`` is the total the timer counted itself, or null if it did not count.
+    """
+
+    session_id: UUID
+    user_id: UserId
+    ended_at: AwareDatetime
+    completed: bool
+    interruptions: int | None = Field(None, ge=0, le=10_000)
+
+
+class SessionEndedV2(_Frozen):
+    """v2 of ``ended``: the outcome is an explicit enum and the user rates their focus.
+
+    Why a new version: ``completed: bool`` could not tell "abandoned" from "cancelled before it
+    began", and the rename of ``interruptions`` to ``reported_interruptions`` says whose count it
+    is. v1 events are upcast to this shape (``completed`` -> outcome, no rating).
+    """
+
+    session_id: UUID
+    user_id: UserId
+    ended_at: AwareDatetime
+    outcome: Literal["completed", "abandoned", "cancelled"]
+    reported_interruptions: int | None = Field(None, ge=0, le=10_000)
+    focus_quality: int | None = Field(None, ge=1, le=5)
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome == "completed"
+
+
+SessionData = SessionStartedV1 | SessionInterruptedV1 | SessionEndedV1 | SessionEndedV2
+
+
+class CloudEvent(_Frozen):
+    """CloudEvents 1.0 envelope, structured JSON mode. ``id`` is the dedupe key."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: UUID
+    source: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    type: str
+    time: AwareDatetime
+    subject: str
+    datacontenttype: Literal["application/json"] = "application/json"
+
+
+class StartedEvent(CloudEvent):
+    type: Literal["focus.session.started.v1"] = STARTED_V1
+    data: SessionStartedV1
+
+
+class InterruptedEvent(CloudEvent):
+    type: Literal["focus.session.interrupted.v1"] = INTERRUPTED_V1
+    data: SessionInterruptedV1
+
+
+class EndedEventV1(CloudEvent):
+    type: Literal["focus.session.ended.v1"] = ENDED_V1
+    data: SessionEndedV1
+
+
+class EndedEvent(CloudEvent):
+    """The newest ``ended`` shape; every ``ended`` is upcast to this before projection."""
+
+    type: Literal["focus.session.ended.v2"] = ENDED_V2
+    data: SessionEndedV2
+
+
+#: Every event type on the wire, by its CloudEvents ``type``.
+WIRE_TYPES: dict[str, type[CloudEvent]] = {
+    STARTED_V1: StartedEvent,
+    INTERRUPTED_V1: InterruptedEvent,
+    ENDED_V1: EndedEventV1,
+    ENDED_V2: EndedEvent,
+}
+
+#: What the projection sees: the newest version of each type.
+Event = StartedEvent | InterruptedEvent | EndedEvent
+
+
+def occurred_at(event: Event) -> datetime:
+    """When the fact happened in the user's world (not when it was emitted)."""
+    if isinstance(event, StartedEvent):
+        return event.data.started_at
+    if isinstance(event, InterruptedEvent):
+        return event.data.interrupted_at
+    return event.data.ended_at

@@ -1,0 +1,39 @@
+"""The ``focus`` command line: one entry point for every process and operator task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+
+from focus.settings import ProjectorSettings
+
+app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending SQL migrations (safe to run from several processes at once)."""
+    from focus.migrate import migrate as run
+    from focus.servers import database_url
+
+    applied = run(database_url(ProjectorSettings()))
+    typer.echo(f"applied {len(applied)} migration(s): "
+               + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none pending"))
+
+
+@app.command()
+def project() -> None:
+    """Run a projector (several may run: they share the topic's partitions)."""
+    from focus.bootstrap import build_projector, run_projector
+    from focus.servers import resolved
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = resolved(ProjectorSettings())
+    asyncio.run(run_projector(build_projector(settings)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,51 @@
+"""Settings, one class per process, read from the environment and validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs. Unset broker/database means: use the embedded ones."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers, e.g. kafka:9092. Unset: embedded broker."
+    )
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL (libpq). Unset: embedded PostgreSQL."
+    )
+    focus_events_topic: str = Field(EVENTS_TOPIC, description="Topic of the event log.")
+    focus_dlq_topic: str = Field(DEAD_LETTER_TOPIC, description="Dead-letter topic.")
+    focus_topic_partitions: int = Field(
+        6, ge=1, le=1024, description="Partitions when the CLI creates the topics."
+    )
+    focus_data_dir: Path = Field(
+        Path(".focus"), description="Where the embedded servers keep their files."
+    )
+
+
+class ProjectorSettings(CommonSettings):
+    focus_consumer_group: str = Field(
+        "focus-projector", description="Kafka consumer group shared by projector replicas."
+    )
+    focus_batch_max_records: int = Field(
+        5000, ge=1, le=100_000, description="Most events projected in one transaction."
+    )
+    focus_batch_wait_ms: int = Field(
+        100, ge=0, le=10_000, description="How long a poll waits for events to batch."
+    )
+    focus_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Ceiling of the exponential backoff when PostgreSQL/Kafka fail."
+    )
+    focus_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Consumer-group session timeout: how soon a dead "
+        "projector's partitions move to a live one.",
+    )
+

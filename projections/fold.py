@@ -1,0 +1,184 @@
+"""The pure fold: a session's events in, its read-model row and each event's status out.
+
+A session's state is the *set* of its events (deduplicated by event id). Everything else — the
+``focus_sessions`` row, which end wins, what is held or contradictory — is derived from that set
+by :func:`derive`, so any arrival order of the same events gives the same result (guarantee 2).
+No I/O, no clock, no settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from functools import singledispatch
+from uuid import UUID
+
+from contracts.events import EndedEvent, Event, InterruptedEvent, StartedEvent
+
+_MICROS = Decimal(1_000_000)
+
+
+class Status(StrEnum):
+    APPLIED = "applied"  # counts in the row and rollups
+    HELD = "held"  # waiting for the session's start
+    SUPERSEDED = "superseded"  # a valid end that lost to an earlier one, or a later start
+    CONTRADICTION = "contradiction"  # cannot be true given the session's start/end
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything known about one session: its events by id, split by kind."""
+
+    starts: dict[UUID, StartedEvent] = field(default_factory=dict)
+    interruptions: dict[UUID, InterruptedEvent] = field(default_factory=dict)
+    ends: dict[UUID, EndedEvent] = field(default_factory=dict)
+
+    def __contains__(self, event_id: UUID) -> bool:
+        return event_id in self.starts or event_id in self.interruptions or event_id in self.ends
+
+    def __len__(self) -> int:
+        return len(self.starts) + len(self.interruptions) + len(self.ends)
+
+    def events(self) -> list[Event]:
+        return [*self.starts.values(), *self.interruptions.values(), *self.ends.values()]
+
+
+@singledispatch
+def _slot(event: Event, history: History) -> dict[UUID, Event]:
+    raise TypeError(f"not a projectable event: {type(event).__name__}")
+
+
+@_slot.register
+def _(event: StartedEvent, history: History) -> dict[UUID, StartedEvent]:
+    return history.starts
+
+
+@_slot.register
+def _(event: InterruptedEvent, history: History) -> dict[UUID, InterruptedEvent]:
+    return history.interruptions
+
+
+@_slot.register
+def _(event: EndedEvent, history: History) -> dict[UUID, EndedEvent]:
+    return history.ends
+
+
+def apply(history: History, event: Event) -> History:
+    """Add one event to a session's history. A known event id changes nothing (dedupe)."""
+    if event.id in history:
+        return history
+    new = History(dict(history.starts), dict(history.interruptions), dict(history.ends))
+    _slot(event, new)[event.id] = event  # type: ignore[index]
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One row of ``focus_sessions``: a pure function of the session's history."""
+
+    session_id: UUID
+    user_id: str
+    step_id: UUID | None
+    started_at: datetime
+    ended_at: datetime | None
+    duration_minutes: int
+    completed: bool
+    interruptions: int
+    created_at: datetime
+    focus_seconds: Decimal | None
+    outcome: str | None
+    focus_quality: int | None
+    interruption_events: int
+    reported_interruptions: int | None
+    time_zone: str | None
+    start_event_id: UUID
+    end_event_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    row: SessionRow | None
+    status: dict[UUID, Status]
+    #: Human-readable reason per contradicting event id.
+    reasons: dict[UUID, str]
+
+
+def _first(events: dict[UUID, EndedEvent]) -> EndedEvent | None:
+    # Settled by content, never arrival: earliest ended_at wins, ties go to the smaller id.
+    return min(events.values(), key=lambda e: (e.data.ended_at, e.id), default=None)
+
+
+def derive(history: History) -> Derived:
+    """The row and every event's status, decided only by the events' content."""
+    status: dict[UUID, Status] = {}
+    reasons: dict[UUID, str] = {}
+    if not history.starts:
+        for event in history.events():
+            status[event.id] = Status.HELD
+        return Derived(None, status, reasons)
+
+    start = min(history.starts.values(), key=lambda e: (e.data.started_at, e.id))
+    for other in history.starts:
+        status[other] = Status.SUPERSEDED
+    status[start.id] = Status.APPLIED
+    user, t0 = start.data.user_id, start.data.started_at
+
+    def contradicts(event: Event, why: str) -> None:
+        status[event.id] = Status.CONTRADICTION
+        reasons[event.id] = why
+
+    valid_ends: dict[UUID, EndedEvent] = {}
+    for end in history.ends.values():
+        if end.data.user_id != user:
+            contradicts(end, f"user_id {end.data.user_id!r} differs from the start's {user!r}")
+        elif end.data.ended_at < t0:
+            contradicts(end, f"ended_at {end.data.ended_at.isoformat()} is before started_at "
+                        f"{t0.isoformat()}")
+        else:
+            valid_ends[end.id] = end
+    winner = _first(valid_ends)
+    for end_id in valid_ends:
+        status[end_id] = Status.APPLIED if winner and end_id == winner.id else Status.SUPERSEDED
+
+    t1 = winner.data.ended_at if winner else None
+    counted = 0
+    for interruption in history.interruptions.values():
+        at = interruption.data.interrupted_at
+        if interruption.data.user_id != user:
+            contradicts(interruption, f"user_id {interruption.data.user_id!r} differs from the "
+                        f"start's {user!r}")
+        elif at < t0 or (t1 is not None and at > t1):
+            contradicts(interruption, f"interrupted_at {at.isoformat()} is outside the session "
+                        f"[{t0.isoformat()}, {t1.isoformat() if t1 else 'open'}]")
+        else:
+            status[interruption.id] = Status.APPLIED
+            counted += 1
+
+    reported = winner.data.reported_interruptions if winner else None
+    row = SessionRow(
+        session_id=start.data.session_id,
+        user_id=user,
+        step_id=start.data.step_id,
+        started_at=t0,
+        ended_at=t1,
+        duration_minutes=start.data.duration_minutes,
+        completed=bool(winner and winner.data.outcome == "completed"),
+        interruptions=max(counted, reported or 0),
+        created_at=start.time,
+        focus_seconds=_seconds(t1 - t0) if t1 is not None else None,
+        outcome=winner.data.outcome if winner else None,
+        focus_quality=winner.data.focus_quality if winner else None,
+        interruption_events=counted,
+        reported_interruptions=reported,
+        time_zone=start.data.time_zone,
+        start_event_id=start.id,
+        end_event_id=winner.id if winner else None,
+    )
+    return Derived(row, status, reasons)
+
+
+def _seconds(delta: timedelta) -> Decimal:
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return Decimal(micros) / _MICROS

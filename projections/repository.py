@@ -1,0 +1,272 @@
+"""SQL read/write of the read models for the projector: one batch, one transaction.
+
+Positions are compare-and-set (``WHERE next_offset = expected``) and written *first*, so a
+projector that lost its partitions in a rebalance (a zombie) blocks on the row lock and then
+fails the check instead of applying a batch twice. All SQL is parameterised; table names are
+composed with :mod:`psycopg.sql` identifiers, never string formatting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, sql
+
+from contracts.events import (
+    EndedEvent,
+    Event,
+    InterruptedEvent,
+    SessionEndedV2,
+    SessionInterruptedV1,
+    SessionStartedV1,
+    StartedEvent,
+)
+from projections.batch import Plan
+from projections.fold import History, SessionRow, apply
+
+SESSION_EVENT_COLUMNS = (
+    "session_id", "event_id", "user_id", "kind", "status", "occurred_at", "recorded_at",
+    "source", "step_id", "duration_minutes", "time_zone", "reason", "outcome",
+    "reported_interruptions", "focus_quality", "kafka_partition", "kafka_offset",
+)
+SESSION_COLUMNS = (
+    "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",
+    "completed", "interruptions", "created_at", "focus_seconds", "outcome", "focus_quality",
+    "interruption_events", "reported_interruptions", "time_zone", "start_event_id",
+    "end_event_id",
+)
+STATS_SUMS = (
+    "sessions_started", "sessions_ended", "sessions_completed", "total_focus_seconds",
+    "total_planned_minutes", "total_interruptions",
+)
+
+
+class Fenced(RuntimeError):
+    """Another projector moved a partition's position: this batch must not be applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """Move one partition from ``expected`` to ``next_offset`` (compare-and-set)."""
+
+    partition: int
+    expected: int
+    next_offset: int
+    last_event_time: datetime | None
+
+
+class ProjectionRepository:
+    """Reads histories and writes one planned batch, in the tables of one schema."""
+
+    def __init__(self, schema: str = "public") -> None:
+        self.schema = schema
+
+    def _t(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    async def ensure_positions(
+        self, conn: AsyncConnection[Any], topic: str, partitions: Iterable[int]
+    ) -> dict[int, int]:
+        """Create missing position rows (offset 0) and return every partition's next offset."""
+        parts = sorted(partitions)
+        async with conn.cursor() as cur:
+            await cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (topic, kafka_partition, next_offset)"
+                    " SELECT %s, p, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING"
+                ).format(self._t("projector_positions")),
+                (topic, parts),
+            )
+            await cur.execute(
+                sql.SQL(
+                    "SELECT kafka_partition, next_offset FROM {}"
+                    " WHERE topic = %s AND kafka_partition = ANY(%s)"
+                ).format(self._t("projector_positions")),
+                (topic, parts),
+            )
+            return {p: o for p, o in await cur.fetchall()}
+
+    async def load_histories(
+        self, conn: AsyncConnection[Any], session_ids: Sequence[UUID]
+    ) -> dict[UUID, History]:
+        """Every stored event of the given sessions, rebuilt into histories."""
+        if not session_ids:
+            return {}
+        histories: dict[UUID, History] = {}
+        async with conn.cursor() as cur:
+            await cur.execute(
+                sql.SQL("SELECT {} FROM {} WHERE session_id = ANY(%s)").format(
+                    sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
+                    self._t("session_events"),
+                ),
+                (list(session_ids),),
+            )
+            for record in await cur.fetchall():
+                event = event_from_record(dict(zip(SESSION_EVENT_COLUMNS, record, strict=True)))
+                sid = event.data.session_id
+                histories[sid] = apply(histories.get(sid, History()), event)
+        return histories
+
+    async def write(
+        self, conn: AsyncConnection[Any], topic: str, plan: Plan, advances: Sequence[Advance]
+    ) -> None:
+        """Apply a planned batch and move the positions, inside the caller's transaction."""
+        await self._advance(conn, topic, advances)
+        async with conn.cursor() as cur:
+            if plan.new_events:
+                async with cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        self._t("session_events"),
+                        sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
+                    )
+                ) as copy:
+                    for new in plan.new_events:
+                        loc = new.located
+                        await copy.write_row(
+                            event_record(loc.event, new.status.value, loc.partition, loc.offset)
+                        )
+            if plan.status_changes:
+                await cur.executemany(
+                    sql.SQL(
+                        "UPDATE {} SET status = %s WHERE session_id = %s AND event_id = %s"
+                    ).format(self._t("session_events")),
+                    [(status.value, sid, eid) for sid, eid, status in plan.status_changes],
+                )
+            if plan.rows:
+                await self._upsert_sessions(cur, plan.rows)
+            if plan.deltas:
+                await self._apply_deltas(cur, plan)
+
+    async def _advance(
+        self, conn: AsyncConnection[Any], topic: str, advances: Sequence[Advance]
+    ) -> None:
+        async with conn.cursor() as cur:
+            for adv in sorted(advances, key=lambda a: a.partition):
+                await cur.execute(
+                    sql.SQL(
+                        "UPDATE {} SET next_offset = %s,"
+                        " last_event_time = GREATEST(last_event_time, %s),"
+                        " updated_at = clock_timestamp()"
+                        " WHERE topic = %s AND kafka_partition = %s AND next_offset = %s"
+                    ).format(self._t("projector_positions")),
+                    (adv.next_offset, adv.last_event_time, topic, adv.partition, adv.expected),
+                )
+                if cur.rowcount != 1:
+                    raise Fenced(
+                        f"{topic}[{adv.partition}] is no longer at offset {adv.expected}: "
+                        "another projector owns it now"
+                    )
+
+    async def _upsert_sessions(self, cur: Any, rows: Sequence[SessionRow]) -> None:
+        cols = sql.SQL(", ").join(map(sql.Identifier, SESSION_COLUMNS))
+        await cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS focus_sessions_batch"
+                " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            ).format(self._t("focus_sessions"))
+        )
+        async with cur.copy(
+            sql.SQL("COPY focus_sessions_batch ({}) FROM STDIN").format(cols)
+        ) as copy:
+            for row in rows:
+                await copy.write_row(session_record(row))
+        updates = sql.SQL(", ").join(
+            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in SESSION_COLUMNS[1:]
+        )
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM focus_sessions_batch"
+                " ON CONFLICT (session_id) DO UPDATE SET {}"
+            ).format(self._t("focus_sessions"), cols, cols, updates)
+        )
+
+    async def _apply_deltas(self, cur: Any, plan: Plan) -> None:
+        users = sorted(plan.deltas)  # a stable lock order
+        cols = sql.SQL(", ").join(map(sql.Identifier, ("user_id", *STATS_SUMS, "last_session_at")))
+        sums = sql.SQL(", ").join(
+            sql.SQL("{c} = {t}.{c} + EXCLUDED.{c}").format(
+                c=sql.Identifier(c), t=sql.Identifier("focus_user_stats")
+            )
+            for c in STATS_SUMS
+        )
+        await cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS focus_user_stats_batch"
+                " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            ).format(self._t("focus_user_stats"))
+        )
+        async with cur.copy(
+            sql.SQL("COPY focus_user_stats_batch ({}) FROM STDIN").format(cols)
+        ) as copy:
+            for user in users:
+                d = plan.deltas[user]
+                await copy.write_row((
+                    user, d.sessions_started, d.sessions_ended, d.sessions_completed,
+                    d.focus_seconds, d.planned_minutes, d.interruptions, d.last_session_at,
+                ))
+        await cur.execute(
+            sql.SQL(
+                "INSERT INTO {target} AS focus_user_stats ({cols})"
+                " SELECT {cols} FROM focus_user_stats_batch ORDER BY user_id"
+                " ON CONFLICT (user_id) DO UPDATE SET {sums}, last_session_at ="
+                " GREATEST(focus_user_stats.last_session_at, EXCLUDED.last_session_at)"
+            ).format(target=self._t("focus_user_stats"), cols=cols, sums=sums)
+        )
+        recompute = [u for u in users if plan.deltas[u].recompute_last]
+        if recompute:
+            await cur.execute(
+                sql.SQL(
+                    "UPDATE {stats} s SET last_session_at ="
+                    " (SELECT max(started_at) FROM {sessions} f WHERE f.user_id = s.user_id)"
+                    " WHERE s.user_id = ANY(%s)"
+                ).format(stats=self._t("focus_user_stats"), sessions=self._t("focus_sessions")),
+                (recompute,),
+            )
+
+
+def session_record(row: SessionRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, c) for c in SESSION_COLUMNS)
+
+
+def event_record(event: Event, status: str, partition: int, offset: int) -> tuple[Any, ...]:
+    """One ``session_events`` row: the event reduced to the fields the fold needs."""
+    d = event.data
+    base = (d.session_id, event.id, d.user_id)
+    if isinstance(event, StartedEvent):
+        s = event.data
+        return (*base, "started", status, s.started_at, event.time, event.source, s.step_id,
+                s.duration_minutes, s.time_zone, None, None, None, None, partition, offset)
+    if isinstance(event, InterruptedEvent):
+        i = event.data
+        return (*base, "interrupted", status, i.interrupted_at, event.time, event.source, None,
+                None, None, i.reason, None, None, None, partition, offset)
+    e = event.data
+    return (*base, "ended", status, e.ended_at, event.time, event.source, None, None, None,
+            None, e.outcome, e.reported_interruptions, e.focus_quality, partition, offset)
+
+
+def event_from_record(r: Mapping[str, Any]) -> Event:
+    """Rebuild a stored event (already validated when first accepted: no re-validation)."""
+    sid: UUID = r["session_id"]
+    envelope = {"id": r["event_id"], "source": r["source"], "time": r["recorded_at"],
+                "subject": str(sid), "specversion": "1.0",
+                "datacontenttype": "application/json"}
+    kind = r["kind"]
+    if kind == "started":
+        return StartedEvent.model_construct(**envelope, data=SessionStartedV1.model_construct(
+            session_id=sid, user_id=r["user_id"], step_id=r["step_id"],
+            duration_minutes=r["duration_minutes"], started_at=r["occurred_at"],
+            time_zone=r["time_zone"]))
+    if kind == "interrupted":
+        return InterruptedEvent.model_construct(**envelope,
+            data=SessionInterruptedV1.model_construct(
+                session_id=sid, user_id=r["user_id"], interrupted_at=r["occurred_at"],
+                reason=r["reason"]))
+    return EndedEvent.model_construct(**envelope, data=SessionEndedV2.model_construct(
+        session_id=sid, user_id=r["user_id"], ended_at=r["occurred_at"], outcome=r["outcome"],
+        reported_interruptions=r["reported_interruptions"], focus_quality=r["focus_quality"]))
