@@ -35,5 +35,15 @@ def project() -> None:
     asyncio.run(run_projector(build_projector(settings)))
 
 
+def _register_areas() -> None:
+    from focus import cli_api, cli_replay
+
+    cli_api.register(app)
+    cli_replay.register(app)
+
+
+_register_areas()
+
+
 def main() -> None:
     app()
