@@ -14,4 +14,4 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         ceiling = min(self.cap, self.base * 2 ** min(attempt - 1, 30))
-        return (rng or random).uniform(ceiling / 2, ceiling)  # noqa: S311 - not crypto
+        return (rng or random).uniform(ceiling / 2, ceiling)

@@ -239,7 +239,7 @@ class Projector:
             conn, self._conn = self._conn, None
             try:
                 await conn.close()
-            except Exception:  # noqa: BLE001 - it is broken already; we only let go of it
+            except Exception:
                 log.debug("closing a broken connection failed", exc_info=True)
 
     async def _sleep_or_stop(self, delay: float) -> bool:

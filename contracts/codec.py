@@ -79,7 +79,7 @@ def _classify(exc: ValidationError) -> PoisonEvent:
         known = ", ".join(sorted(WIRE_TYPES))
         tag = first.get("ctx", {}).get("tag", "?")
         return PoisonEvent("unknown-type", f"type {tag!r} is not one of: {known}")
-    if kind == "union_tag_not_found" or kind == "model_attributes_type":
+    if kind in ("union_tag_not_found", "dict_type", "model_attributes_type"):
         return PoisonEvent("not-an-event", "expected a CloudEvents JSON object with a 'type'")
     where = ".".join(str(p) for p in first["loc"][1:]) or "event"
     return PoisonEvent("invalid", f"{where}: {first['msg']}")

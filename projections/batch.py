@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from contracts.events import Event
-from projections.fold import Derived, History, SessionRow, Status, apply, derive
-from projections.rollups import UserDelta, delta
+from projections.fold import Derived, History, SessionRow, Status, derive, extend
+from projections.rollups import UserDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,26 +51,21 @@ class Plan:
     duplicates: int = 0
 
 
-def session_key(event: Event) -> UUID:
-    return event.data.session_id
-
-
 def plan(prior: Mapping[UUID, History], batch: Iterable[Located]) -> Plan:
     """Fold a batch into the prior histories; return the writes and the new histories."""
     result = Plan()
-    touched: dict[UUID, History] = {}
+    by_session: dict[UUID, list[Event]] = {}
     located_by_id: dict[UUID, Located] = {}
     for item in batch:
-        sid = session_key(item.event)
-        history = touched.get(sid) or prior.get(sid) or History()
-        if item.event.id in history:
-            result.duplicates += 1
-            continue
-        touched[sid] = apply(history, item.event)
-        located_by_id[item.event.id] = item
+        located_by_id.setdefault(item.event.id, item)  # a duplicate in the batch keeps the first
+        by_session.setdefault(item.event.data.session_id, []).append(item.event)
 
-    for sid, new_history in touched.items():
-        old = derive(prior[sid]) if sid in prior else Derived(None, {}, {})
+    empty = History()
+    for sid, events in by_session.items():
+        before = prior.get(sid)
+        new_history, known = extend(before or empty, events)
+        result.duplicates += known
+        old = derive(before) if before is not None else _NOTHING
         new = derive(new_history)
         result.histories[sid] = new_history
         _diff(sid, old, new, new_history, located_by_id, result)
@@ -85,19 +80,28 @@ def _diff(
     located_by_id: Mapping[UUID, Located],
     out: Plan,
 ) -> None:
-    for event in history.events():
-        status = new.status[event.id]
-        was = old.status.get(event.id)
-        located = located_by_id.get(event.id)
-        if located is not None:
-            out.new_events.append(NewEvent(located, status))
+    before = old.status
+    for event_id, status in new.status.items():
+        was = before.get(event_id) if before else None
+        if was is None:  # first seen in this batch
+            out.new_events.append(NewEvent(located_by_id[event_id], status))
         elif status != was:
-            out.status_changes.append((sid, event.id, status))
+            out.status_changes.append((sid, event_id, status))
         if status is Status.CONTRADICTION and was is not Status.CONTRADICTION:
-            out.contradictions.append(Contradiction(event, new.reasons[event.id], located))
+            located = located_by_id.get(event_id) if was is None else None
+            event = located.event if located else _find(history, event_id)
+            out.contradictions.append(Contradiction(event, new.reasons[event_id], located))
     if new.row != old.row:
         assert new.row is not None  # a session never loses its start
         out.rows.append(new.row)
-        change = delta(old.row, new.row)
         user = new.row.user_id
-        out.deltas[user] = out.deltas[user] + change if user in out.deltas else change
+        if user not in out.deltas:
+            out.deltas[user] = UserDelta()
+        out.deltas[user].add(old.row, new.row)
+
+
+def _find(history: History, event_id: UUID) -> Event:
+    return history.events[event_id]
+
+
+_NOTHING = Derived(None, {}, {})

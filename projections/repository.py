@@ -26,19 +26,23 @@ from contracts.events import (
     StartedEvent,
 )
 from projections.batch import Plan
-from projections.fold import History, SessionRow, apply
+from projections.fold import History, SessionRow, extend
 
 SESSION_EVENT_COLUMNS = (
     "session_id", "event_id", "user_id", "kind", "status", "occurred_at", "recorded_at",
     "source", "step_id", "duration_minutes", "time_zone", "reason", "outcome",
     "reported_interruptions", "focus_quality", "kafka_partition", "kafka_offset",
 )
-SESSION_COLUMNS = (
-    "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",
-    "completed", "interruptions", "created_at", "focus_seconds", "outcome", "focus_quality",
-    "interruption_events", "reported_interruptions", "time_zone", "start_event_id",
-    "end_event_id",
+SESSION_EVENT_TYPES = (
+    "uuid", "uuid", "varchar", "text", "text", "timestamptz", "timestamptz", "text", "uuid",
+    "int4", "text", "text", "text", "int4", "int2", "int4", "int8",
 )
+SESSION_COLUMNS: tuple[str, ...] = SessionRow._fields
+SESSION_TYPES = (
+    "uuid", "varchar", "uuid", "timestamptz", "timestamptz", "int4", "bool", "int4",
+    "timestamptz", "numeric", "text", "int2", "int4", "int4", "text", "uuid", "uuid",
+)
+STATS_TYPES = ("varchar", "int8", "int8", "int8", "numeric", "int8", "int8", "timestamptz")
 STATS_SUMS = (
     "sessions_started", "sessions_ended", "sessions_completed", "total_focus_seconds",
     "total_planned_minutes", "total_interruptions",
@@ -88,7 +92,7 @@ class ProjectionRepository:
                 ).format(self._t("projector_positions")),
                 (topic, parts),
             )
-            return {p: o for p, o in await cur.fetchall()}
+            return dict(await cur.fetchall())
 
     async def load_histories(
         self, conn: AsyncConnection[Any], session_ids: Sequence[UUID]
@@ -96,7 +100,6 @@ class ProjectionRepository:
         """Every stored event of the given sessions, rebuilt into histories."""
         if not session_ids:
             return {}
-        histories: dict[UUID, History] = {}
         async with conn.cursor() as cur:
             await cur.execute(
                 sql.SQL("SELECT {} FROM {} WHERE session_id = ANY(%s)").format(
@@ -105,11 +108,11 @@ class ProjectionRepository:
                 ),
                 (list(session_ids),),
             )
+            grouped: dict[UUID, list[Event]] = {}
             for record in await cur.fetchall():
                 event = event_from_record(dict(zip(SESSION_EVENT_COLUMNS, record, strict=True)))
-                sid = event.data.session_id
-                histories[sid] = apply(histories.get(sid, History()), event)
-        return histories
+                grouped.setdefault(event.data.session_id, []).append(event)
+        return {sid: extend(History(), events)[0] for sid, events in grouped.items()}
 
     async def write(
         self, conn: AsyncConnection[Any], topic: str, plan: Plan, advances: Sequence[Advance]
@@ -119,11 +122,12 @@ class ProjectionRepository:
         async with conn.cursor() as cur:
             if plan.new_events:
                 async with cur.copy(
-                    sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
                         self._t("session_events"),
                         sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
                     )
                 ) as copy:
+                    copy.set_types(SESSION_EVENT_TYPES)
                     for new in plan.new_events:
                         loc = new.located
                         await copy.write_row(
@@ -170,8 +174,9 @@ class ProjectionRepository:
             ).format(self._t("focus_sessions"))
         )
         async with cur.copy(
-            sql.SQL("COPY focus_sessions_batch ({}) FROM STDIN").format(cols)
+            sql.SQL("COPY focus_sessions_batch ({}) FROM STDIN (FORMAT BINARY)").format(cols)
         ) as copy:
+            copy.set_types(SESSION_TYPES)
             for row in rows:
                 await copy.write_row(session_record(row))
         updates = sql.SQL(", ").join(
@@ -201,8 +206,9 @@ class ProjectionRepository:
             ).format(self._t("focus_user_stats"))
         )
         async with cur.copy(
-            sql.SQL("COPY focus_user_stats_batch ({}) FROM STDIN").format(cols)
+            sql.SQL("COPY focus_user_stats_batch ({}) FROM STDIN (FORMAT BINARY)").format(cols)
         ) as copy:
+            copy.set_types(STATS_TYPES)
             for user in users:
                 d = plan.deltas[user]
                 await copy.write_row((
@@ -230,7 +236,7 @@ class ProjectionRepository:
 
 
 def session_record(row: SessionRow) -> tuple[Any, ...]:
-    return tuple(getattr(row, c) for c in SESSION_COLUMNS)
+    return row  # a SessionRow is already a tuple in SESSION_COLUMNS order
 
 
 def event_record(event: Event, status: str, partition: int, offset: int) -> tuple[Any, ...]:

@@ -16,8 +16,10 @@ from projections.fold import SessionRow
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserDelta:
+    """How much one batch moves one user's rollup (an accumulator: built, then written)."""
+
     sessions_started: int = 0
     sessions_ended: int = 0
     sessions_completed: int = 0
@@ -30,54 +32,29 @@ class UserDelta:
     #: the maximum must be recomputed from the table.
     recompute_last: bool = False
 
-    def __add__(self, other: UserDelta) -> UserDelta:
-        return UserDelta(
-            self.sessions_started + other.sessions_started,
-            self.sessions_ended + other.sessions_ended,
-            self.sessions_completed + other.sessions_completed,
-            self.focus_seconds + other.focus_seconds,
-            self.planned_minutes + other.planned_minutes,
-            self.interruptions + other.interruptions,
-            _latest(self.last_session_at, other.last_session_at),
-            self.recompute_last or other.recompute_last,
-        )
+    def add(self, old: SessionRow | None, new: SessionRow) -> None:
+        """Account for one session whose row changed from ``old`` to ``new``."""
+        self._count(new, 1)
+        if old is not None:
+            self._count(old, -1)
+            if new.started_at < old.started_at:
+                self.recompute_last = True
+        if self.last_session_at is None or new.started_at > self.last_session_at:
+            self.last_session_at = new.started_at
+
+    def _count(self, row: SessionRow, sign: int) -> None:
+        self.sessions_started += sign
+        if row.ended_at is not None:
+            self.sessions_ended += sign
+            if row.completed:
+                self.sessions_completed += sign
+            self.focus_seconds += sign * (row.focus_seconds or _ZERO)
+        self.planned_minutes += sign * row.duration_minutes
+        self.interruptions += sign * row.interruptions
 
 
-def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
-
-
-def delta(old: SessionRow | None, new: SessionRow | None) -> UserDelta:
+def delta(old: SessionRow | None, new: SessionRow) -> UserDelta:
     """How one session's change moves its user's rollup."""
-    before, after = _contribution(old), _contribution(new)
-    moved_earlier = (
-        old is not None and new is not None and new.started_at < old.started_at
-    )
-    return UserDelta(
-        after.sessions_started - before.sessions_started,
-        after.sessions_ended - before.sessions_ended,
-        after.sessions_completed - before.sessions_completed,
-        after.focus_seconds - before.focus_seconds,
-        after.planned_minutes - before.planned_minutes,
-        after.interruptions - before.interruptions,
-        new.started_at if new is not None else None,
-        moved_earlier,
-    )
-
-
-def _contribution(row: SessionRow | None) -> UserDelta:
-    if row is None:
-        return UserDelta()
-    ended = row.ended_at is not None
-    return UserDelta(
-        sessions_started=1,
-        sessions_ended=int(ended),
-        sessions_completed=int(ended and row.completed),
-        focus_seconds=row.focus_seconds or _ZERO,
-        planned_minutes=row.duration_minutes,
-        interruptions=row.interruptions,
-    )
+    d = UserDelta()
+    d.add(old, new)
+    return d

@@ -1,0 +1,236 @@
+"""Read queries over the projections, for the API: sessions, analytics, freshness.
+
+Each read is one parameterised statement, so a response and the freshness it reports come from
+one snapshot. Rows come back as plain dataclasses; the HTTP shapes live with the API.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, sql
+
+SESSION_FIELDS = (
+    "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",
+    "completed", "interruptions", "created_at", "focus_seconds", "outcome", "focus_quality",
+    "interruption_events", "reported_interruptions", "time_zone", "start_event_id",
+    "end_event_id",
+)
+_POSITIONS = sql.SQL(
+    "(SELECT array_agg(kafka_partition ORDER BY kafka_partition) AS parts,"
+    " array_agg(next_offset ORDER BY kafka_partition) AS offsets,"
+    " array_agg(last_event_time ORDER BY kafka_partition) AS times"
+    " FROM {} WHERE topic = %(topic)s) AS p"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    partition: int
+    next_offset: int
+    last_event_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How far the projection has got: per partition, and the newest event time overall."""
+
+    projected_through: datetime | None
+    positions: list[Position]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: UUID
+    user_id: str
+    step_id: UUID | None
+    started_at: datetime
+    ended_at: datetime | None
+    duration_minutes: int
+    completed: bool
+    interruptions: int
+    created_at: datetime
+    focus_seconds: Decimal | None
+    outcome: str | None
+    focus_quality: int | None
+    interruption_events: int
+    reported_interruptions: int | None
+    time_zone: str | None
+    start_event_id: UUID
+    end_event_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position: the last (started_at, session_id) of a page."""
+
+    started_at: datetime
+    session_id: UUID
+
+    def encode(self) -> str:
+        raw = f"{self.started_at.isoformat()}|{self.session_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        """Raise ``ValueError`` for anything this module did not produce."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            at, sid = raw.split("|")
+            started_at = datetime.fromisoformat(at)
+            session_id = UUID(sid)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError("not a cursor returned by this API") from exc
+        if started_at.tzinfo is None:
+            raise ValueError("not a cursor returned by this API")
+        return cls(started_at, session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    sessions: list[SessionRecord]
+    next_cursor: Cursor | None
+    freshness: Freshness
+
+
+@dataclass(frozen=True, slots=True)
+class UserTotals:
+    """A row of ``focus_user_stats`` (zeros for a user the projection has not seen)."""
+
+    sessions_started: int
+    sessions_ended: int
+    sessions_completed: int
+    total_focus_seconds: Decimal
+    total_planned_minutes: int
+    total_interruptions: int
+    last_session_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DayBucket:
+    day: date
+    sessions_started: int
+    sessions_ended: int
+    sessions_completed: int
+    focus_seconds: Decimal
+    interruptions: int
+
+
+class ReadQueries:
+    """The API's reads, against the tables of one schema, for one topic's positions."""
+
+    def __init__(self, topic: str, schema: str = "public") -> None:
+        self.topic = topic
+        t = {n: sql.Identifier(schema, n) for n in
+             ("focus_sessions", "focus_user_stats", "projector_positions")}
+        cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
+                                  for c in SESSION_FIELDS)
+        positions = _POSITIONS.format(t["projector_positions"])
+        page = ("SELECT p.parts, p.offsets, p.times, {cols} FROM {pos} LEFT JOIN LATERAL"
+                " (SELECT * FROM {sessions} WHERE user_id = %(user)s{after}"
+                " ORDER BY started_at DESC, session_id DESC LIMIT %(limit)s) AS s ON true")
+        after = " AND (started_at, session_id) < (%(at)s, %(sid)s)"
+        self._page_first = sql.SQL(page).format(
+            cols=cols, pos=positions, sessions=t["focus_sessions"], after=sql.SQL(""))
+        self._page_after = sql.SQL(page).format(
+            cols=cols, pos=positions, sessions=t["focus_sessions"], after=sql.SQL(after))
+        self._one = sql.SQL(
+            "SELECT p.parts, p.offsets, p.times, {cols} FROM {pos}"
+            " LEFT JOIN {sessions} AS s ON s.session_id = %(sid)s"
+        ).format(cols=cols, pos=positions, sessions=t["focus_sessions"])
+        self._totals = sql.SQL(
+            "SELECT p.parts, p.offsets, p.times, s.sessions_started, s.sessions_ended,"
+            " s.sessions_completed, s.total_focus_seconds, s.total_planned_minutes,"
+            " s.total_interruptions, s.last_session_at"
+            " FROM {pos} LEFT JOIN {stats} AS s ON s.user_id = %(user)s"
+        ).format(pos=positions, stats=t["focus_user_stats"])
+        self._days = sql.SQL(
+            "SELECT d::date, count(f.session_id), count(f.ended_at),"
+            " count(*) FILTER (WHERE f.completed AND f.ended_at IS NOT NULL),"
+            " coalesce(sum(f.focus_seconds), 0), coalesce(sum(f.interruptions), 0)"
+            " FROM generate_series(%(lo)s::date, %(hi)s::date, interval '1 day') AS d"
+            " LEFT JOIN {sessions} AS f ON f.user_id = %(user)s"
+            " AND f.started_at >= d::date::timestamp AT TIME ZONE %(tz)s"
+            " AND f.started_at < (d::date + 1)::timestamp AT TIME ZONE %(tz)s"
+            " GROUP BY d ORDER BY d"
+        ).format(sessions=t["focus_sessions"])
+        self._zone = sql.SQL(
+            "SELECT time_zone FROM {} WHERE user_id = %(user)s AND time_zone IS NOT NULL"
+            " ORDER BY started_at DESC LIMIT 1"
+        ).format(t["focus_sessions"])
+        self._position = sql.SQL(
+            "SELECT next_offset FROM {} WHERE topic = %(topic)s AND kafka_partition = %(part)s"
+        ).format(t["projector_positions"])
+
+    async def sessions(
+        self, conn: AsyncConnection[Any], user_id: str, limit: int, after: Cursor | None
+    ) -> SessionPage:
+        """A user's sessions, newest first, ``limit`` of them after ``after``."""
+        params: dict[str, Any] = {"topic": self.topic, "user": user_id, "limit": limit + 1}
+        query = self._page_first
+        if after is not None:
+            query = self._page_after
+            params.update(at=after.started_at, sid=after.session_id)
+        rows = await (await conn.execute(query, params)).fetchall()
+        found = [_session(r) for r in rows if r[3] is not None]
+        more = len(found) > limit
+        found = found[:limit]
+        last = found[-1] if more else None
+        cursor = Cursor(last.started_at, last.session_id) if last else None
+        return SessionPage(found, cursor, _freshness(rows[0]))
+
+    async def session(
+        self, conn: AsyncConnection[Any], session_id: UUID
+    ) -> tuple[SessionRecord | None, Freshness]:
+        """One session (None if the projection does not know it) and the freshness."""
+        cur = await conn.execute(self._one, {"topic": self.topic, "sid": session_id})
+        row = await cur.fetchone()
+        assert row is not None  # the positions aggregate always yields one row
+        return (_session(row) if row[3] is not None else None), _freshness(row)
+
+    async def totals(
+        self, conn: AsyncConnection[Any], user_id: str
+    ) -> tuple[UserTotals, Freshness]:
+        """The user's rollup row (zeros if unseen) and the freshness."""
+        cur = await conn.execute(self._totals, {"topic": self.topic, "user": user_id})
+        row = await cur.fetchone()
+        assert row is not None
+        if row[3] is None:
+            return UserTotals(0, 0, 0, Decimal(0), 0, 0, None), _freshness(row)
+        return UserTotals(*row[3:]), _freshness(row)
+
+    async def days(
+        self, conn: AsyncConnection[Any], user_id: str, lo: date, hi: date, tz: str
+    ) -> list[DayBucket]:
+        """Daily buckets ``lo..hi`` (inclusive) by each session's local start date in ``tz``."""
+        cur = await conn.execute(self._days, {"user": user_id, "lo": lo, "hi": hi, "tz": tz})
+        return [DayBucket(*r) for r in await cur.fetchall()]
+
+    async def latest_time_zone(self, conn: AsyncConnection[Any], user_id: str) -> str | None:
+        """The time zone of the user's newest session that named one."""
+        row = await (await conn.execute(self._zone, {"user": user_id})).fetchone()
+        return str(row[0]) if row else None
+
+    async def next_offset(self, conn: AsyncConnection[Any], partition: int) -> int:
+        """The projector's next offset for ``partition`` (-1 before it has seen it)."""
+        cur = await conn.execute(self._position, {"topic": self.topic, "part": partition})
+        row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(*row[3:])
+
+
+def _freshness(row: Any) -> Freshness:
+    parts, offsets, times = row[0] or [], row[1] or [], row[2] or []
+    known = [t for t in times if t is not None]
+    return Freshness(
+        max(known) if known else None,
+        [Position(p, o, t) for p, o, t in zip(parts, offsets, times, strict=True)],
+    )

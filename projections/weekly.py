@@ -1,0 +1,99 @@
+"""Weekly focus per user, in the user's time zone: a rollup kept by deltas, like the totals.
+
+A session counts in the week (Monday to Sunday, ISO) in which it *started*, in the time zone of
+its start event (UTC when the start named none). Only ended sessions contribute, so a week row
+exists exactly when the user ended at least one session that started in it; a row whose
+``sessions_ended`` falls to zero (its only end turned out to contradict an earlier start) is
+deleted rather than kept at zero. Pure: no I/O, no clock, no settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from projections.fold import SessionRow
+
+_ZERO = Decimal(0)
+
+#: ``(user_id, week_start)``: the primary key of ``focus_user_weekly``.
+WeekKey = tuple[str, date]
+
+
+@dataclass(frozen=True, slots=True)
+class WeekDelta:
+    sessions_ended: int = 0
+    sessions_completed: int = 0
+    focus_seconds: Decimal = _ZERO
+
+    def __add__(self, other: WeekDelta) -> WeekDelta:
+        return WeekDelta(
+            self.sessions_ended + other.sessions_ended,
+            self.sessions_completed + other.sessions_completed,
+            self.focus_seconds + other.focus_seconds,
+        )
+
+    def __neg__(self) -> WeekDelta:
+        return WeekDelta(-self.sessions_ended, -self.sessions_completed, -self.focus_seconds)
+
+    def __bool__(self) -> bool:
+        return bool(self.sessions_ended or self.sessions_completed or self.focus_seconds)
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def week_start(row: SessionRow) -> date:
+    """Monday of the week the session started in, in the user's time zone (else UTC)."""
+    local = row.started_at.astimezone(_zone(row.time_zone or "UTC")).date()
+    return local - timedelta(days=local.weekday())
+
+
+def contribution(row: SessionRow | None) -> tuple[WeekKey, WeekDelta] | None:
+    """What one session adds to its user's week; ``None`` until it has ended."""
+    if row is None or row.ended_at is None:
+        return None
+    return (row.user_id, week_start(row)), WeekDelta(
+        1, int(row.completed), row.focus_seconds or _ZERO
+    )
+
+
+def delta(old: SessionRow | None, new: SessionRow | None) -> dict[WeekKey, WeekDelta]:
+    """How one session's change from ``old`` to ``new`` moves the weekly rollup."""
+    changes: dict[WeekKey, WeekDelta] = {}
+    before, after = contribution(old), contribution(new)
+    if before is not None:
+        changes[before[0]] = -before[1]
+    if after is not None:
+        key, add = after
+        changes[key] = changes[key] + add if key in changes else add
+    return {key: change for key, change in changes.items() if change}
+
+
+def accumulate(
+    into: MutableMapping[WeekKey, WeekDelta], changes: Mapping[WeekKey, WeekDelta]
+) -> None:
+    """Merge ``changes`` into ``into`` (a batch's running total), dropping zero entries."""
+    for key, change in changes.items():
+        total = into[key] + change if key in into else change
+        if total:
+            into[key] = total
+        else:
+            into.pop(key, None)
+
+
+def rollup(rows: Iterable[SessionRow]) -> dict[WeekKey, WeekDelta]:
+    """The weekly rollup recomputed from scratch (replay, verify): one entry per non-zero week."""
+    weeks: dict[WeekKey, WeekDelta] = {}
+    for row in rows:
+        found = contribution(row)
+        if found is not None:
+            key, add = found
+            weeks[key] = weeks[key] + add if key in weeks else add
+    return weeks

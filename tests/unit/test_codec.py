@@ -1,0 +1,118 @@
+"""Decoding at the edge: valid bytes become the newest event shape; bad bytes say why."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from consumers.backoff import Backoff
+from consumers.dlq import contradiction_letter, dead_letter
+from contracts import topics
+from contracts.codec import PoisonEvent, decode, encode
+from contracts.events import ENDED_V2, EndedEvent, StartedEvent
+from producers import events as ev
+from projections.batch import Contradiction, Located
+from tests.unit.histories import T0, minutes
+
+
+def test_a_started_event_round_trips_through_bytes():
+    start = ev.started("ada", T0, duration_minutes=50, time_zone="Europe/Berlin")
+    assert decode(encode(start)) == start
+
+
+def test_ended_v1_is_upcast_to_v2_keeping_its_id_and_meaning():
+    start = ev.started("ada", T0)
+    old = ev.ended_v1("ada", start.data.session_id, minutes(25), completed=False, interruptions=2)
+    new = decode(encode(old))
+    assert isinstance(new, EndedEvent) and new.type == ENDED_V2
+    assert new.id == old.id
+    assert (new.data.outcome, new.data.reported_interruptions) == ("abandoned", 2)
+    assert new.data.completed is False and new.data.focus_quality is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "says"),
+    [
+        (b"{not json", "malformed-json", "Invalid JSON"),
+        (b"", "empty", "no value"),
+        (None, "empty", "no value"),
+        (b"[1, 2]", "not-an-event", "CloudEvents"),
+        (b'{"specversion": "1.0"}', "not-an-event", "'type'"),
+        (b'{"type": "focus.session.paused.v1"}', "unknown-type", "focus.session.paused.v1"),
+        (b'{"type": "focus.session.started.v9"}', "unknown-type", "is not one of"),
+    ],
+)
+def test_undecodable_bytes_are_poison_with_a_reason(raw, reason, says):
+    with pytest.raises(PoisonEvent) as caught:
+        decode(raw)
+    assert caught.value.reason == reason
+    assert says in caught.value.detail
+
+
+def _mutated(**data_changes) -> bytes:
+    body = json.loads(encode(ev.started("ada", T0)))
+    body["data"].update(data_changes)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"duration_minutes": 4}, "data.duration_minutes"),
+        ({"duration_minutes": 91}, "data.duration_minutes"),
+        ({"user_id": ""}, "data.user_id"),
+        ({"user_id": "x" * 256}, "data.user_id"),
+        ({"user_id": "has space"}, "data.user_id"),
+        ({"started_at": "2026-03-02T09:00:00"}, "data.started_at"),  # no time zone
+        ({"session_id": "not-a-uuid"}, "data.session_id"),
+        ({"time_zone": "Mars/Olympus"}, "data.time_zone"),
+    ],
+)
+def test_invalid_fields_are_poison_naming_the_field(change, field):
+    with pytest.raises(PoisonEvent) as caught:
+        decode(_mutated(**change))
+    assert caught.value.reason == "invalid"
+    assert caught.value.detail.startswith(field)
+
+
+def test_subject_must_name_the_session():
+    body = json.loads(encode(ev.started("ada", T0)))
+    body["subject"] = "something-else"
+    with pytest.raises(PoisonEvent, match="subject"):
+        decode(json.dumps(body).encode())
+
+
+def test_planned_minutes_default_to_25():
+    body = json.loads(encode(ev.started("ada", T0)))
+    del body["data"]["duration_minutes"]
+    event = decode(json.dumps(body).encode())
+    assert isinstance(event, StartedEvent) and event.data.duration_minutes == 25
+
+
+def test_a_dead_letter_keeps_the_original_bytes_and_says_where_from_and_why():
+    letter = dead_letter(reason="invalid", detail="data.user_id: too short", topic="t",
+                         partition=3, offset=42, key=b"ada", value=b"{...}")
+    headers = dict(letter.headers)
+    assert letter.value == b"{...}" and letter.key == b"ada"
+    assert headers[topics.DLQ_REASON] == b"invalid"
+    assert headers[topics.DLQ_ORIGINAL_VALUE] == b"{...}"
+    assert (headers[topics.DLQ_ORIGINAL_PARTITION], headers[topics.DLQ_ORIGINAL_OFFSET]) == (
+        b"3", b"42")
+
+
+def test_a_contradiction_found_later_is_rebuilt_from_the_stored_event():
+    end = ev.ended("ada", ev.started("ada", T0).data.session_id, minutes(5))
+    rebuilt = contradiction_letter(Contradiction(end, "ends before it started", None), "t")
+    assert decode(rebuilt.value) == end
+    assert ("focus.dlq.rebuilt", b"true") in rebuilt.headers
+    fresh = contradiction_letter(Contradiction(end, "why", Located(end, 1, 7, b"raw")), "t")
+    assert fresh.value == b"raw" and ("focus.dlq.rebuilt", b"true") not in fresh.headers
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
+    backoff, rng = Backoff(base=0.1, cap=2.0), random.Random(7)
+    delays = [backoff.delay(n, rng) for n in range(1, 12)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert all(1.0 <= d <= 2.0 for d in delays[6:])
