@@ -47,3 +47,7 @@ _register_areas()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

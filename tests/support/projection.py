@@ -1,0 +1,227 @@
+"""Publishing events, running projectors (in-process or as real processes), reading tables."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers.projector import Projector
+from contracts.codec import encode
+from contracts.events import CloudEvent
+from focus.bootstrap import build_projector, producer
+from focus.migrate import migrate
+from focus.settings import ProjectorSettings
+from tests.support.infra import TopicSet
+
+Message = CloudEvent | tuple[bytes | None, bytes | None]
+
+
+def settings_for(
+    bootstrap: str, database_url: str, topics: TopicSet, **overrides: Any
+) -> ProjectorSettings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "database_url": database_url,
+        "focus_events_topic": topics.events,
+        "focus_dlq_topic": topics.dlq,
+        "focus_consumer_group": f"projector-{topics.events}",
+        "focus_session_timeout_ms": 6000,
+        "focus_retry_max_seconds": 2.0,
+    }
+    values.update(overrides)
+    return ProjectorSettings(**values)
+
+
+async def publish(bootstrap: str, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
+    """Publish events (keyed by user) or raw ``(key, value)`` pairs, in order; return
+    ``(partition, offset)`` of each."""
+    kafka = producer(bootstrap)
+    await kafka.start()
+    try:
+        futures = []
+        for message in messages:
+            if isinstance(message, CloudEvent):
+                key: bytes | None = message.data.user_id.encode()  # type: ignore[attr-defined]
+                value: bytes | None = encode(message)
+            else:
+                key, value = message
+            futures.append(await kafka.send(topic, value, key=key))
+        metadata = await asyncio.gather(*futures)
+        return [(m.partition, m.offset) for m in metadata]
+    finally:
+        await kafka.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def positions(database_url: str, topic: str) -> dict[int, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT kafka_partition, next_offset FROM projector_positions WHERE topic = %s",
+            (topic,),
+        ).fetchall()
+    return dict(rows)
+
+
+async def wait_caught_up(
+    bootstrap: str, database_url: str, topics: TopicSet, timeout: float = 120.0
+) -> None:
+    """Wait until the stored positions reach the end of every partition."""
+    target = await end_offsets(bootstrap, topics.events, topics.partitions)
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = positions(database_url, topics.events)
+        if all(stored.get(p, 0) >= end for p, end in target.items() if end > 0):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"projection stuck at {stored}, log ends at {target}")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_projector(settings: ProjectorSettings) -> AsyncIterator[Projector]:
+    """A projector running in this event loop (migrations applied first)."""
+    assert settings.database_url is not None
+    migrate(settings.database_url)
+    projector = build_projector(settings)
+    await projector.producer.start()
+    await projector.consumer.start()
+    task = asyncio.create_task(projector.run())
+    try:
+        yield projector
+    finally:
+        projector.stop()
+        await asyncio.wait_for(task, timeout=30)
+        await projector.consumer.stop()
+        await projector.producer.stop()
+
+
+async def dead_letters(
+    bootstrap: str, topic: str, expected: int, timeout: float = 20.0
+) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                found.extend(records)
+        return found
+    finally:
+        await consumer.stop()
+
+
+# -- tables -------------------------------------------------------------------------------
+
+TABLES = {
+    "focus_sessions": "SELECT * FROM focus_sessions ORDER BY session_id",
+    "focus_user_stats": "SELECT * FROM focus_user_stats ORDER BY user_id",
+    "session_events": "SELECT * FROM session_events ORDER BY session_id, event_id",
+}
+
+
+def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every read-model table, row for row, in a stable order."""
+    with psycopg.connect(database_url) as conn:
+        return {name: conn.execute(query.encode()).fetchall() for name, query in TABLES.items()}
+
+
+ROLLUP_MISMATCHES = """
+WITH recomputed AS (
+    SELECT user_id,
+           count(*) AS sessions_started,
+           count(ended_at) AS sessions_ended,
+           count(*) FILTER (WHERE ended_at IS NOT NULL AND completed) AS sessions_completed,
+           coalesce(sum(focus_seconds), 0) AS total_focus_seconds,
+           sum(duration_minutes) AS total_planned_minutes,
+           sum(interruptions) AS total_interruptions,
+           max(started_at) AS last_session_at
+    FROM focus_sessions GROUP BY user_id
+)
+SELECT coalesce(r.user_id, s.user_id) FROM recomputed r
+FULL JOIN focus_user_stats s USING (user_id)
+WHERE (r.sessions_started, r.sessions_ended, r.sessions_completed, r.total_focus_seconds,
+       r.total_planned_minutes, r.total_interruptions, r.last_session_at)
+      IS DISTINCT FROM
+      (s.sessions_started, s.sessions_ended, s.sessions_completed, s.total_focus_seconds,
+       s.total_planned_minutes, s.total_interruptions, s.last_session_at)
+"""
+
+
+def rollup_mismatches(database_url: str) -> list[str]:
+    """Users whose rollup differs from its recomputation from ``focus_sessions``."""
+    with psycopg.connect(database_url) as conn:
+        return [u for (u,) in conn.execute(ROLLUP_MISMATCHES.encode()).fetchall()]
+
+
+# -- projector processes ------------------------------------------------------------------
+
+
+class ProjectorProcess:
+    """``focus project`` as a real OS process, for crash and fail-over tests."""
+
+    def __init__(self, settings: ProjectorSettings, log_dir: Path, name: str) -> None:
+        env = {**os.environ}
+        env.update(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
+                "DATABASE_URL": settings.database_url or "",
+                "FOCUS_EVENTS_TOPIC": settings.focus_events_topic,
+                "FOCUS_DLQ_TOPIC": settings.focus_dlq_topic,
+                "FOCUS_CONSUMER_GROUP": settings.focus_consumer_group,
+                "FOCUS_SESSION_TIMEOUT_MS": str(settings.focus_session_timeout_ms),
+                "FOCUS_BATCH_MAX_RECORDS": str(settings.focus_batch_max_records),
+                "FOCUS_RETRY_MAX_SECONDS": str(settings.focus_retry_max_seconds),
+            }
+        )
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            [sys.executable, "-m", "focus.cli", "project"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, no last commit: the harshest crash there is."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def stop_all(processes: Sequence[ProjectorProcess]) -> None:
+    for proc in processes:
+        if proc.process.poll() is None:
+            proc.kill()
