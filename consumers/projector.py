@@ -110,6 +110,9 @@ class Projector:
     async def project(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Apply one fetched batch: retried with backoff until it commits or is fenced."""
         decoded = self._decode(records)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch %s", [(a.partition, a.expected, a.next_offset)
+                                   for a in decoded.advances])
         attempt = 0
         while True:
             try:

@@ -69,16 +69,28 @@ def build_projector(settings: ProjectorSettings, schema: str = "public") -> Proj
     )
 
 
-async def run_projector(projector: Projector) -> None:
-    """Run until SIGTERM/SIGINT; the batch in hand is finished first."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM/SIGINT; install it before anything slow happens."""
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, projector.stop)
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping
+
+
+async def run_projector(projector: Projector, stopping: asyncio.Event) -> None:
+    """Run until ``stopping`` is set; the batch in hand is finished and committed first, and
+    the consumer leaves its group, so the partitions move on at once."""
+    if stopping.is_set():
+        return
+    relay = asyncio.create_task(stopping.wait())
+    relay.add_done_callback(lambda _: projector.stop())
     await projector.producer.start()
     await projector.consumer.start()
     try:
         await projector.run()
     finally:
+        relay.cancel()
         await projector.consumer.stop()
         await projector.producer.stop()
         log.info("projector stopped: %s", projector.stats)

@@ -27,18 +27,34 @@ def migrate() -> None:
 @app.command()
 def project() -> None:
     """Run a projector (several may run: they share the topic's partitions)."""
-    from focus.bootstrap import build_projector, run_projector
     from focus.servers import resolved
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = resolved(ProjectorSettings())
-    asyncio.run(run_projector(build_projector(settings)))
+    asyncio.run(_project(settings))
+
+
+async def _project(settings: ProjectorSettings) -> None:
+    from focus.bootstrap import build_projector, run_projector, stop_on_signals
+    from focus.topics import ensure_topics, wait_for_broker
+
+    stopping = stop_on_signals()
+    assert settings.kafka_bootstrap_servers is not None
+    await wait_for_broker(settings.kafka_bootstrap_servers)
+    # Before subscribing: a broker that auto-creates topics would otherwise make the events
+    # topic with its own partition count, and per-user order depends on that count.
+    await ensure_topics(settings.kafka_bootstrap_servers, {
+        settings.focus_events_topic: settings.focus_topic_partitions,
+        settings.focus_dlq_topic: 1,
+    })
+    await run_projector(build_projector(settings), stopping)
 
 
 def _register_areas() -> None:
-    from focus import cli_api, cli_replay
+    from focus import cli_api, cli_produce, cli_replay
 
     cli_api.register(app)
+    cli_produce.register(app)
     cli_replay.register(app)
 
 

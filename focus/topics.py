@@ -1,21 +1,24 @@
 """Broker reachability and topic provisioning.
 
-The embedded broker (tansu) never auto-creates topics, and a real cluster usually should not
-either, so every process that needs a topic calls :func:`ensure_topics` at start-up.
+Every process that needs a topic calls :func:`ensure_topics` at start-up, *before* any producer or
+consumer touches it: a real cluster is usually configured not to auto-create topics, and the
+embedded broker (tansu) auto-creates an unknown topic on first metadata request with a fixed
+4 partitions, which would silently break the per-user key -> partition mapping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
-_PROBE_TIMEOUT_MS = 2_000
 _RETRY_SECONDS = 0.1
 
 
@@ -34,9 +37,27 @@ async def probe_broker(bootstrap_servers: str, timeout: float = 2.0) -> None:  #
         request_timeout_ms=max(100, int(timeout * 1000)),
     )
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
+        with _quiet_connect_errors():
+            await asyncio.wait_for(client.bootstrap(), timeout)
     finally:
         await client.close()
+
+
+@contextlib.contextmanager
+def _quiet_connect_errors() -> Iterator[None]:
+    # A refused probe is expected while a broker starts; the caller reports the outcome.
+    logger = logging.getLogger("aiokafka")  # the name aiokafka/client.py logs under
+    quiet = _DropConnectErrors()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _DropConnectErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Unable connect to", "Unable to request"))
 
 
 # The timeouts below are part of the contract (they appear in the error a person reads),
@@ -58,7 +79,7 @@ async def wait_for_broker(bootstrap_servers: str, timeout: float = 30.0) -> None
             return
         if time.monotonic() + _RETRY_SECONDS >= deadline:
             raise BrokerUnavailableError(
-                f"No Kafka broker answered at {bootstrap_servers!r} within {timeout:.0f} s "
+                f"No Kafka broker answered at {bootstrap_servers!r} within {timeout:g} s "
                 f"(last error: {last_error}). Start a broker there, or set "
                 "KAFKA_BOOTSTRAP_SERVERS to host:port of a reachable one "
                 "(unset it to use the embedded broker)."
@@ -143,6 +164,6 @@ async def _wait_for_partitions(
         if time.monotonic() >= deadline:
             raise TopicProvisioningError(
                 f"Topics {pending} on {bootstrap_servers!r} did not show all partitions "
-                f"with a leader within {seconds:.0f} s."
+                f"with a leader within {seconds:g} s."
             )
         await asyncio.sleep(_RETRY_SECONDS)

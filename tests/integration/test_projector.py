@@ -36,7 +36,7 @@ async def test_start_end_interruptions_and_analytics_from_the_rollup(
     ada_2 = ev.started("ada", minutes(60), duration_minutes=50)
     sid_1, sid_2 = ada_1.data.session_id, ada_2.data.session_id
     async with running_projector(s):
-        await publish(kafka_bootstrap, s.focus_events_topic, [
+        sent = await publish(kafka_bootstrap, s.focus_events_topic, [
             ada_1,
             ev.interrupted("ada", sid_1, minutes(4), reason="phone"),
             ev.interrupted("ada", sid_1, minutes(9)),
@@ -45,7 +45,7 @@ async def test_start_end_interruptions_and_analytics_from_the_rollup(
             ev.ended_v1("ada", sid_2, minutes(90), completed=False),  # 30 min, abandoned (v1)
             ev.started("ada", minutes(200)),                          # still running
         ])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        await wait_caught_up(fresh_database, fresh_topics, sent)
 
     rows = query(fresh_database, "SELECT session_id, ended_at IS NOT NULL, completed,"
                  " interruptions, duration_minutes FROM focus_sessions WHERE session_id"
@@ -70,14 +70,14 @@ async def test_one_event_delivered_three_times_counts_once(
     interruption = ev.interrupted("bob", sid, minutes(3))
     async with running_projector(s):
         # right away, and again after the session ended
-        await publish(kafka_bootstrap, s.focus_events_topic,
-                      [start, interruption, interruption, ev.ended("bob", sid, minutes(25))])
-        await publish(kafka_bootstrap, s.focus_events_topic, [interruption])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        sent = await publish(kafka_bootstrap, s.focus_events_topic,
+                             [start, interruption, interruption, ev.ended("bob", sid, minutes(25))])
+        sent += await publish(kafka_bootstrap, s.focus_events_topic, [interruption])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
     # ... and once more after the projector restarted
-    await publish(kafka_bootstrap, s.focus_events_topic, [interruption, start])
+    sent += await publish(kafka_bootstrap, s.focus_events_topic, [interruption, start])
     async with running_projector(s) as projector:
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        await wait_caught_up(fresh_database, fresh_topics, sent)
         assert projector.stats.duplicates == 2
     assert query(fresh_database, "SELECT interruptions FROM focus_sessions") == [(1,)]
     assert query(fresh_database, "SELECT sessions_started, total_interruptions"
@@ -92,12 +92,12 @@ async def test_an_end_that_arrives_before_its_start_is_held_then_applied(
     start = ev.started("cy", T0)
     end = ev.ended("cy", start.data.session_id, minutes(25))
     async with running_projector(s):
-        await publish(kafka_bootstrap, s.focus_events_topic, [end])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        sent = await publish(kafka_bootstrap, s.focus_events_topic, [end])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
         assert query(fresh_database, "SELECT status FROM session_events") == [("held",)]
         assert query(fresh_database, "SELECT count(*) FROM focus_sessions") == [(0,)]
-        await publish(kafka_bootstrap, s.focus_events_topic, [start])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        sent += await publish(kafka_bootstrap, s.focus_events_topic, [start])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
     assert query(fresh_database, "SELECT ended_at FROM focus_sessions") == [(minutes(25),)]
     assert query(fresh_database, "SELECT DISTINCT status FROM session_events") == [("applied",)]
 
@@ -114,7 +114,7 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_moves_on(
 
     after = ev.started("dee", minutes(30))
     async with running_projector(s) as projector:
-        await publish(kafka_bootstrap, s.focus_events_topic, [
+        sent = await publish(kafka_bootstrap, s.focus_events_topic, [
             start,
             (b"dee", b"{not json"),
             (b"dee", json.dumps(unknown).encode()),
@@ -122,7 +122,7 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_moves_on(
             ev.ended("dee", start.data.session_id, minutes(-5)),  # ends before it started
             after,
         ])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        await wait_caught_up(fresh_database, fresh_topics, sent)
         assert projector.stats.dead_letters == 4
     letters = await dead_letters(kafka_bootstrap, s.focus_dlq_topic, expected=4)
     reasons = [dict(r.headers)[t.DLQ_REASON].decode() for r in letters]
@@ -146,9 +146,9 @@ async def test_a_message_keyed_by_another_user_is_refused(
     from contracts.codec import encode
 
     async with running_projector(s):
-        await publish(kafka_bootstrap, s.focus_events_topic,
-                      [(b"mallory", encode(ev.started("eve", T0)))])
-        await wait_caught_up(kafka_bootstrap, fresh_database, fresh_topics)
+        sent = await publish(kafka_bootstrap, s.focus_events_topic,
+                             [(b"mallory", encode(ev.started("eve", T0)))])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
     (letter,) = await dead_letters(kafka_bootstrap, s.focus_dlq_topic, expected=1)
     assert dict(letter.headers)[t.DLQ_REASON] == b"key-mismatch"
     assert query(fresh_database, "SELECT count(*) FROM focus_sessions") == [(0,)]
@@ -188,9 +188,8 @@ async def test_any_arrival_order_with_duplicates_converges_on_the_real_stack(
             events = [e for s_ in sessions for e in s_]
             extra = data.draw(st.lists(st.sampled_from(events), max_size=len(events)))
             stream = data.draw(st.permutations(events + extra))
-            loop.run_until_complete(publish(kafka_bootstrap, s.focus_events_topic, stream))
-            loop.run_until_complete(wait_caught_up(kafka_bootstrap, fresh_database,
-                                                   fresh_topics))
+            sent = loop.run_until_complete(publish(kafka_bootstrap, s.focus_events_topic, stream))
+            loop.run_until_complete(wait_caught_up(fresh_database, fresh_topics, sent))
             expected = sorted(
                 (r for r in (derive(extend(History(), x)[0]).row for x in sessions) if r),
                 key=lambda r: r.session_id,

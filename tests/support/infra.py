@@ -24,10 +24,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -36,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from contracts.topics import EVENTS_TOPIC
 from focus.embedded import EmbeddedKafka, EmbeddedPostgres, run_coroutine_sync
-from focus.topics import ensure_topics, wait_for_broker
+from focus.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
 from tests.support.proxy import Target
 
 KAFKA_ENV_VARS = ("FOCUS_TEST_KAFKA", "KAFKA_BOOTSTRAP_SERVERS")
@@ -115,7 +115,13 @@ class Infrastructure:
         if found is not None:
             name, value = found
             self.sources["kafka"] = f"${name}"
-            run_coroutine_sync(wait_for_broker(value, timeout=15))
+            try:
+                run_coroutine_sync(wait_for_broker(value, timeout=15))
+            except BrokerUnavailableError as error:
+                raise RuntimeError(
+                    f"${name}={value!r}: no broker answers there. Fix or unset {name} "
+                    "(unset, the tests start their own broker)."
+                ) from error
             return value
         if self._use_docker():
             from testcontainers.community.kafka import KafkaContainer
@@ -136,8 +142,9 @@ class Infrastructure:
             try:
                 psycopg.connect(value, connect_timeout=10).close()
             except psycopg.Error as error:
+                reason = " ".join(str(error).split())
                 raise RuntimeError(
-                    f"${name}={value!r} does not accept connections: {error}. "
+                    f"${name}={value!r} does not accept connections: {reason} "
                     f"Fix or unset {name} (unset, the tests start their own PostgreSQL)."
                 ) from error
             return value
@@ -224,6 +231,14 @@ class TopicSet:
     partitions: int
 
 
+class TopicFactory(Protocol):
+    """What the ``topic_factory`` fixture returns."""
+
+    def __call__(
+        self, *, partitions: int = 6, dlq_partitions: int = 1, base: str = EVENTS_TOPIC
+    ) -> TopicSet: ...
+
+
 def create_topic_set(
     bootstrap: str, *, partitions: int = 6, dlq_partitions: int = 1, base: str = EVENTS_TOPIC
 ) -> TopicSet:
@@ -252,12 +267,3 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
         run_coroutine_sync(delete())
     except Exception as error:
         log.warning("could not delete test topics %s: %s", names, error)
-
-
-@contextlib.contextmanager
-def topic_sets(bootstrap: str) -> Iterator[list[TopicSet]]:
-    """Collect the topic sets a test makes; delete them afterwards."""
-    made: list[TopicSet] = []
-    yield made
-    if made:
-        delete_topics(bootstrap, [name for t in made for name in (t.events, t.dlq)])

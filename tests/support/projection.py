@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from consumers.projector import Projector
 from contracts.codec import encode
@@ -63,17 +63,6 @@ async def publish(bootstrap: str, topic: str, messages: Iterable[Message]) -> li
         await kafka.stop()
 
 
-async def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        await consumer.stop()
-
-
 def positions(database_url: str, topic: str) -> dict[int, int]:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
@@ -84,14 +73,18 @@ def positions(database_url: str, topic: str) -> dict[int, int]:
 
 
 async def wait_caught_up(
-    bootstrap: str, database_url: str, topics: TopicSet, timeout: float = 120.0
+    database_url: str, topics: TopicSet, published: Iterable[tuple[int, int]],
+    timeout: float = 120.0,
 ) -> None:
-    """Wait until the stored positions reach the end of every partition."""
-    target = await end_offsets(bootstrap, topics.events, topics.partitions)
+    """Wait until the stored positions pass every ``(partition, offset)`` the broker
+    acknowledged. (Not the broker's end offsets: tansu answers those one write behind.)"""
+    target: dict[int, int] = {}
+    for partition, offset in published:
+        target[partition] = max(target.get(partition, 0), offset + 1)
     deadline = time.monotonic() + timeout
     while True:
         stored = positions(database_url, topics.events)
-        if all(stored.get(p, 0) >= end for p, end in target.items() if end > 0):
+        if all(stored.get(p, 0) >= end for p, end in target.items()):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"projection stuck at {stored}, log ends at {target}")
@@ -225,3 +218,17 @@ def stop_all(processes: Sequence[ProjectorProcess]) -> None:
     for proc in processes:
         if proc.process.poll() is None:
             proc.kill()
+
+
+def snapshot_diff(
+    actual: dict[str, list[tuple[Any, ...]]], expected: dict[str, list[tuple[Any, ...]]]
+) -> dict[str, dict[str, list[tuple[Any, ...]]]]:
+    """Rows only in one of two snapshots, per table (empty when they are equal)."""
+    out: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+    for table in expected:
+        a, e = set(actual.get(table, [])), set(expected[table])
+        if a != e or len(actual.get(table, [])) != len(expected[table]):
+            out[table] = {"unexpected": sorted(a - e, key=str)[:5],
+                          "missing": sorted(e - a, key=str)[:5],
+                          "counts": [(len(actual.get(table, [])), len(expected[table]))]}
+    return out

@@ -89,7 +89,9 @@ class TcpProxy:
         if others:
             await asyncio.wait(others, timeout=2)
 
-    async def _handle(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
+    ) -> None:
         if self._paused:
             client.transport.abort()
             return
@@ -101,6 +103,10 @@ class TcpProxy:
                 upstream_reader, upstream = await asyncio.open_connection(*self.target)
         except OSError:
             client.transport.abort()
+            return
+        if self._paused:  # paused while we were connecting upstream
+            client.transport.abort()
+            upstream.transport.abort()
             return
         self._writers.update((client, upstream))
         try:

@@ -29,6 +29,9 @@ def pomodoro(
     events: list[Event] = [ev.started(user, T0, session_id=sid, time_zone="Europe/Paris")]
     events += [ev.interrupted(user, sid, minutes(m), reason="phone") for m in interruptions_at]
     if end_at is not None:
-        events.append(ev.ended(user, sid, minutes(end_at), completed=completed,
-                               reported_interruptions=reported))
+        events.append(
+            ev.ended(
+                user, sid, minutes(end_at), completed=completed, reported_interruptions=reported
+            )
+        )
     return events

@@ -38,8 +38,14 @@ class Store:
             self.rows[row.session_id] = row
         for user, d in result.deltas.items():
             r = self.rollups[user]
-            for name in ("sessions_started", "sessions_ended", "sessions_completed",
-                         "focus_seconds", "planned_minutes", "interruptions"):
+            for name in (
+                "sessions_started",
+                "sessions_ended",
+                "sessions_completed",
+                "focus_seconds",
+                "planned_minutes",
+                "interruptions",
+            ):
                 r[name] += getattr(d, name)
         self.dead += result.contradictions
         return result
@@ -66,8 +72,11 @@ def as_plain(rollups) -> dict:
 
 def test_calculate_analytics_rollups_equal_a_recomputation_from_the_rows():
     store = Store()
-    store.project(pomodoro("ada", end_at=25) + pomodoro("ada", end_at=10, completed=False)
-                  + pomodoro("bob", end_at=None))
+    store.project(
+        pomodoro("ada", end_at=25)
+        + pomodoro("ada", end_at=10, completed=False)
+        + pomodoro("bob", end_at=None)
+    )
     ada = store.rollups["ada"]
     assert ada["sessions_started"] == 2 and ada["sessions_ended"] == 2
     assert ada["sessions_completed"] == 1
@@ -92,8 +101,10 @@ def test_a_contradiction_found_later_is_reported_once_without_its_bytes():
     from datetime import timedelta
 
     from producers import events as ev
-    late_start = ev.started("ada", end.data.ended_at + timedelta(minutes=1),
-                            session_id=start.data.session_id)
+
+    late_start = ev.started(
+        "ada", end.data.ended_at + timedelta(minutes=1), session_id=start.data.session_id
+    )
     result = store.project([late_start])
     assert [c.event.id for c in result.contradictions] == [end.id]
     assert result.contradictions[0].located is None
@@ -108,7 +119,8 @@ sessions = st.lists(
         completed=st.booleans(),
         reported=st.one_of(st.none(), st.integers(0, 4)),
     ),
-    min_size=1, max_size=4,
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -120,8 +132,9 @@ def test_any_order_any_duplicates_any_batching_gives_identical_rows_and_rollups(
     reference.project(events)
 
     # the same events, shuffled, some repeated, cut into random batches
-    stream = data.draw(st.permutations(events + data.draw(
-        st.lists(st.sampled_from(events), max_size=len(events)))))
+    stream = data.draw(
+        st.permutations(events + data.draw(st.lists(st.sampled_from(events), max_size=len(events))))
+    )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=5)))
     store = Store()
     for lo, hi in zip([0, *cuts], [*cuts, len(stream)], strict=True):

@@ -92,14 +92,23 @@ def test_planned_minutes_default_to_25():
 
 
 def test_a_dead_letter_keeps_the_original_bytes_and_says_where_from_and_why():
-    letter = dead_letter(reason="invalid", detail="data.user_id: too short", topic="t",
-                         partition=3, offset=42, key=b"ada", value=b"{...}")
+    letter = dead_letter(
+        reason="invalid",
+        detail="data.user_id: too short",
+        topic="t",
+        partition=3,
+        offset=42,
+        key=b"ada",
+        value=b"{...}",
+    )
     headers = dict(letter.headers)
     assert letter.value == b"{...}" and letter.key == b"ada"
     assert headers[topics.DLQ_REASON] == b"invalid"
     assert headers[topics.DLQ_ORIGINAL_VALUE] == b"{...}"
     assert (headers[topics.DLQ_ORIGINAL_PARTITION], headers[topics.DLQ_ORIGINAL_OFFSET]) == (
-        b"3", b"42")
+        b"3",
+        b"42",
+    )
 
 
 def test_a_contradiction_found_later_is_rebuilt_from_the_stored_event():

@@ -1,0 +1,139 @@
+"""Crashes, fail-over and a database outage: the tables still equal an undisturbed run."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tests.support.infra import through_proxy
+from tests.support.projection import (
+    ProjectorProcess,
+    positions,
+    publish,
+    rollup_mismatches,
+    running_projector,
+    settings_for,
+    snapshot,
+    snapshot_diff,
+    stop_all,
+    wait_caught_up,
+)
+from tests.support.stream import stream
+
+pytestmark = pytest.mark.slow
+
+
+async def reference_snapshot(kafka_bootstrap, topics, sent, tmp_db_factory):
+    """The tables an uninterrupted single in-process projector makes of the same log."""
+    url = tmp_db_factory()
+    async with running_projector(settings_for(kafka_bootstrap, url, topics,
+                                              focus_consumer_group=f"ref-{topics.events}")):
+        await wait_caught_up(url, topics, sent, timeout=300)
+    return snapshot(url)
+
+
+@pytest.fixture
+def tmp_db_factory(postgres_url):
+    from tests.support.infra import create_database, drop_database
+
+    made = []
+
+    def make():
+        made.append(create_database(postgres_url))
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(postgres_url, url)
+
+
+async def test_sigkill_at_random_moments_then_restart_loses_and_doubles_nothing(
+    kafka_bootstrap, postgres_url, fresh_database, fresh_topics, tmp_db_factory, tmp_path
+):
+    sent = await publish(kafka_bootstrap, fresh_topics.events, stream(50_000))
+    total = len(sent)
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics, focus_batch_max_records=1000)
+    from focus.migrate import migrate
+
+    migrate(fresh_database)
+    rng = random.Random(11)
+    # Kill at random points of the stream (not of the clock, which would mostly hit start-up):
+    # each process is SIGKILLed a random few milliseconds after progress passes a threshold.
+    thresholds = sorted(rng.uniform(0.05, 0.9) * total for _ in range(6))
+    kills = 0
+    procs = []
+    try:
+        for n, threshold in enumerate(thresholds):
+            proc = ProjectorProcess(s, tmp_path, f"projector-{n}")
+            procs.append(proc)
+            while sum(positions(fresh_database, fresh_topics.events).values()) < threshold:
+                assert proc.process.poll() is None, proc.log()
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            proc.kill()
+            kills += 1
+        assert sum(positions(fresh_database, fresh_topics.events).values()) < total
+        last = ProjectorProcess(s, tmp_path, "projector-final")
+        procs.append(last)
+        await wait_caught_up(fresh_database, fresh_topics, sent, timeout=300)
+        assert last.terminate() == 0, last.log()
+    finally:
+        stop_all(procs)
+    assert kills >= 5
+    crashed = snapshot(fresh_database)
+    assert len(crashed["session_events"]) > 40_000
+    reference = await reference_snapshot(kafka_bootstrap, fresh_topics, sent,
+                                         tmp_db_factory)
+    assert snapshot_diff(crashed, reference) == {}
+    assert rollup_mismatches(fresh_database) == []
+
+
+async def test_two_projectors_share_partitions_and_one_takes_over_when_the_other_dies(
+    kafka_bootstrap, postgres_url, fresh_database, fresh_topics, tmp_db_factory, tmp_path
+):
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics, focus_batch_max_records=500)
+    from focus.migrate import migrate
+
+    migrate(fresh_database)
+    a = ProjectorProcess(s, tmp_path, "a")
+    b = ProjectorProcess(s, tmp_path, "b")
+    try:
+        sent = await publish(kafka_bootstrap, fresh_topics.events, stream(20_000, seed=3))
+        await asyncio.sleep(6)  # both are in the group and projecting
+        b.kill()
+        sent += await publish(kafka_bootstrap, fresh_topics.events, stream(10_000, seed=4))
+        await wait_caught_up(fresh_database, fresh_topics, sent, timeout=300)
+        assert a.terminate() == 0, a.log()
+    finally:
+        stop_all([a, b])
+    assert "assigned" in a.log() and "assigned" in b.log()
+    reference = await reference_snapshot(kafka_bootstrap, fresh_topics, sent,
+                                         tmp_db_factory)
+    assert snapshot_diff(snapshot(fresh_database), reference) == {}
+
+
+async def test_postgres_away_for_seconds_mid_run_is_waited_out(
+    kafka_bootstrap, postgres_url, fresh_database, fresh_topics, tmp_db_factory, postgres_proxy,
+    caplog
+):
+    import logging; caplog.set_level(logging.DEBUG, logger="consumers")
+    host, port = postgres_proxy.address.rsplit(":", 1)
+    via_proxy = through_proxy(fresh_database, host, int(port))
+    s = settings_for(kafka_bootstrap, via_proxy, fresh_topics, focus_batch_max_records=500)
+    async with running_projector(s) as projector:
+        sent = await publish(kafka_bootstrap, fresh_topics.events, stream(6_000, seed=5))
+        while projector.stats.batches < 2:
+            await asyncio.sleep(0.05)
+        postgres_proxy.pause()  # every connection dropped, new ones refused
+        await asyncio.sleep(3)
+        postgres_proxy.resume()
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+        assert projector.stats.retries >= 1
+        stats = projector.stats
+    reference = await reference_snapshot(kafka_bootstrap, fresh_topics, sent,
+                                         tmp_db_factory)
+    diff = snapshot_diff(snapshot(fresh_database), reference)
+    assert diff == {}, stats
+    assert rollup_mismatches(fresh_database) == []
