@@ -135,21 +135,21 @@ class ReadQueries:
                 " (SELECT * FROM {sessions} WHERE user_id = %(user)s{after}"
                 " ORDER BY started_at DESC, session_id DESC LIMIT %(limit)s) AS s ON true")
         after = " AND (started_at, session_id) < (%(at)s, %(sid)s)"
-        self._page_first = sql.SQL(page).format(
-            cols=cols, pos=positions, sessions=t["focus_sessions"], after=sql.SQL(""))
-        self._page_after = sql.SQL(page).format(
-            cols=cols, pos=positions, sessions=t["focus_sessions"], after=sql.SQL(after))
-        self._one = sql.SQL(
+        self._page_first = _render(page, cols=cols, pos=positions,
+                                   sessions=t["focus_sessions"], after=sql.SQL(""))
+        self._page_after = _render(page, cols=cols, pos=positions,
+                                   sessions=t["focus_sessions"], after=sql.SQL(after))
+        self._one = _render(
             "SELECT p.parts, p.offsets, p.times, {cols} FROM {pos}"
-            " LEFT JOIN {sessions} AS s ON s.session_id = %(sid)s"
-        ).format(cols=cols, pos=positions, sessions=t["focus_sessions"])
-        self._totals = sql.SQL(
+            " LEFT JOIN {sessions} AS s ON s.session_id = %(sid)s",
+            cols=cols, pos=positions, sessions=t["focus_sessions"])
+        self._totals = _render(
             "SELECT p.parts, p.offsets, p.times, s.sessions_started, s.sessions_ended,"
             " s.sessions_completed, s.total_focus_seconds, s.total_planned_minutes,"
             " s.total_interruptions, s.last_session_at"
-            " FROM {pos} LEFT JOIN {stats} AS s ON s.user_id = %(user)s"
-        ).format(pos=positions, stats=t["focus_user_stats"])
-        self._days = sql.SQL(
+            " FROM {pos} LEFT JOIN {stats} AS s ON s.user_id = %(user)s",
+            pos=positions, stats=t["focus_user_stats"])
+        self._days = _render(
             "SELECT d::date, count(f.session_id), count(f.ended_at),"
             " count(*) FILTER (WHERE f.completed AND f.ended_at IS NOT NULL),"
             " coalesce(sum(f.focus_seconds), 0), coalesce(sum(f.interruptions), 0)"
@@ -157,15 +157,16 @@ class ReadQueries:
             " LEFT JOIN {sessions} AS f ON f.user_id = %(user)s"
             " AND f.started_at >= d::date::timestamp AT TIME ZONE %(tz)s"
             " AND f.started_at < (d::date + 1)::timestamp AT TIME ZONE %(tz)s"
-            " GROUP BY d ORDER BY d"
-        ).format(sessions=t["focus_sessions"])
-        self._zone = sql.SQL(
-            "SELECT time_zone FROM {} WHERE user_id = %(user)s AND time_zone IS NOT NULL"
-            " ORDER BY started_at DESC LIMIT 1"
-        ).format(t["focus_sessions"])
-        self._position = sql.SQL(
-            "SELECT next_offset FROM {} WHERE topic = %(topic)s AND kafka_partition = %(part)s"
-        ).format(t["projector_positions"])
+            " GROUP BY d ORDER BY d",
+            sessions=t["focus_sessions"])
+        self._zone = _render(
+            "SELECT time_zone FROM {sessions} WHERE user_id = %(user)s"
+            " AND time_zone IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+            sessions=t["focus_sessions"])
+        self._position = _render(
+            "SELECT next_offset FROM {positions}"
+            " WHERE topic = %(topic)s AND kafka_partition = %(part)s",
+            positions=t["projector_positions"])
 
     async def sessions(
         self, conn: AsyncConnection[Any], user_id: str, limit: int, after: Cursor | None
@@ -221,6 +222,11 @@ class ReadQueries:
         cur = await conn.execute(self._position, {"topic": self.topic, "part": partition})
         row = await cur.fetchone()
         return int(row[0]) if row else -1
+
+
+def _render(template: str, **parts: sql.Composable) -> bytes:
+    # rendered once: psycopg would otherwise compose the text again on every execute
+    return sql.SQL(template).format(**parts).as_bytes()
 
 
 def _session(row: Any) -> SessionRecord:

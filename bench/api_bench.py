@@ -1,0 +1,224 @@
+"""Benchmark the read API: analytics (rollup) vs the naive GROUP BY, and the session list.
+
+    python bench/api_bench.py                       # 1,000,000 sessions of 10,000 users
+    python bench/api_bench.py --sessions 100000 --users 1000 --seconds 10
+
+Loads a throwaway database (``focus_bench_<hex>`` on ``--database-url``) with sessions
+generated in SQL and the ``focus_user_stats`` rollup computed from them (so they agree, as the
+projector keeps them), serves the API with uvicorn, and drives it with ``wrk`` (Debian package
+``wrk``) at 50 connections, each request for a random user. Prints req/s, p50 and p99 per
+endpoint, then drops the database (unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg
+from fastapi import FastAPI, Request, Response
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from focus.api import ApiSettings, create_app, mint_token  # noqa: E402
+from focus.api import models as m  # noqa: E402
+from focus.api.auth import ANALYTICS, SECURED, authenticate  # noqa: E402
+from focus.api.deps import json_response  # noqa: E402
+from focus.api.reads import UserPath, check_read  # noqa: E402
+from focus.embedded import free_port  # noqa: E402
+from focus.migrate import migrate  # noqa: E402
+from projections.queries import UserTotals  # noqa: E402
+
+SECRET = "bench-secret-" + "b" * 40
+TOPIC = "focus.session.events"
+NAIVE = """SELECT count(*), count(ended_at),
+  count(*) FILTER (WHERE completed AND ended_at IS NOT NULL),
+  coalesce(sum(extract(epoch FROM ended_at - started_at)), 0)::numeric,
+  coalesce(sum(duration_minutes), 0), coalesce(sum(interruptions), 0), max(started_at)
+FROM focus_sessions WHERE user_id = %s GROUP BY user_id"""
+
+LOAD = """
+INSERT INTO focus_sessions (session_id, user_id, step_id, started_at, ended_at, duration_minutes,
+  completed, interruptions, created_at, focus_seconds, outcome, interruption_events, time_zone,
+  start_event_id, end_event_id)
+SELECT gen_random_uuid(), 'user-' || (i %% %(users)s), NULL, t0, t1, plan, t1 IS NOT NULL AND ok,
+  n, t0, extract(epoch FROM t1 - t0)::numeric(14, 6),
+  CASE WHEN t1 IS NULL THEN NULL WHEN ok THEN 'completed' ELSE 'abandoned' END, n,
+  (ARRAY['UTC','Europe/Berlin','America/New_York','Asia/Tokyo'])[1 + i %% 4],
+  gen_random_uuid(), CASE WHEN t1 IS NOT NULL THEN gen_random_uuid() END
+FROM (SELECT i, t0, plan, n, ok,
+        CASE WHEN random() < 0.9 THEN t0 + make_interval(secs => plan * 60 * (0.3 + random()))
+        END AS t1
+      FROM (SELECT i, now() - make_interval(secs => random() * 365 * 86400) AS t0,
+              (ARRAY[25, 25, 25, 50, 15])[1 + (i %% 5)] AS plan,
+              floor(random() * random() * 5)::int AS n, random() < 0.75 AS ok
+            FROM generate_series(0, %(sessions)s - 1) AS i) AS a) AS b"""
+ROLLUP = """
+INSERT INTO focus_user_stats SELECT user_id, count(*), count(ended_at),
+  count(*) FILTER (WHERE completed AND ended_at IS NOT NULL), coalesce(sum(focus_seconds), 0),
+  sum(duration_minutes), sum(interruptions), max(started_at)
+FROM focus_sessions GROUP BY user_id"""
+
+
+def bench_app() -> FastAPI:
+    """The real app plus the naive alternative at ``/naive/users/{user_id}/analytics``."""
+    app = create_app(ApiSettings())
+
+    @app.get("/naive/users/{user_id}/analytics", response_model=m.AnalyticsOut,
+             openapi_extra=SECURED)
+    async def naive(user_id: UserPath, request: Request) -> Response:
+        """Analytics computed per request from focus_sessions with a GROUP BY."""
+        check_read(authenticate(request), user_id)
+        svc = request.app.state.services
+        async with svc.pool.connection() as conn:
+            row = await (await conn.execute(NAIVE, (user_id,))).fetchone()
+            _, fresh = await svc.queries.totals(conn, "")  # the same freshness read
+        totals = UserTotals(*row) if row else UserTotals(0, 0, 0, 0, 0, 0, None)  # type: ignore[arg-type]
+        return json_response(m.analytics(user_id, totals, fresh))
+
+    return app
+
+
+def load(url: str, sessions: int, users: int) -> None:
+    started = time.monotonic()
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL(LOAD), {"users": users, "sessions": sessions})
+        conn.execute(ROLLUP)
+        conn.execute("INSERT INTO projector_positions (topic, kafka_partition, next_offset,"
+                     " last_event_time) SELECT %s, p, 1000, now() FROM generate_series(0, 5) p",
+                     (TOPIC,))
+        conn.execute("VACUUM ANALYZE")
+    print(f"loaded {sessions:,} sessions of {users:,} users in {time.monotonic() - started:.0f} s")
+
+
+LUA = """local token, users, path = "%s", %d, "%s"
+math.randomseed(%d)
+request = function()
+  local p = string.gsub(path, "USER", "user-" .. math.random(0, users - 1))
+  return wrk.format("GET", p, {["Authorization"] = "Bearer " .. token})
+end
+%s"""
+
+
+def wrk(base: str, path: str, args: argparse.Namespace, token: str,
+        delay_ms: float | None = None) -> dict[str, float]:
+    pace = f"delay = function() return {delay_ms:.2f} end" if delay_ms else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA % (token, args.users, path, os.getpid(), pace))
+    out = subprocess.run(
+        ["wrk", f"-t{min(2, args.connections)}", f"-c{args.connections}",
+         f"-d{args.seconds}s", "--latency", "-s", script.name, base],
+        capture_output=True, text=True, check=True).stdout
+    Path(script.name).unlink()
+    if re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        print(out)
+        raise SystemExit(f"{path}: error responses during the run")
+    errors = re.search(r"Socket errors: .*timeout (\d+)", out)
+    return {"timeouts": float(errors[1]) if errors else 0.0,
+            "rps": float(re.findall(r"Requests/sec:\s+([\d.]+)", out)[0]),
+            "p50": _ms(re.findall(r"50%\s+([\d.]+\w+)", out)[0]),
+            "p99": _ms(re.findall(r"99%\s+([\d.]+\w+)", out)[0])}
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def serve(url: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "FOCUS_JWT_SECRET": SECRET,
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # reads only: no broker
+           "FOCUS_EVENTS_TOPIC": TOPIC, "FOCUS_API_POOL_MAX": str(args.pool),
+           "FOCUS_API_POOL_MIN": str(args.pool),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench")])}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "api_bench:bench_app", "--port", str(port),
+         "--workers", str(args.workers), "--no-access-log", "--log-level", "warning",
+         "--loop", "uvloop", "--http", "httptools"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
+                return server, base
+        except OSError:
+            time.sleep(0.1)
+    server.terminate()
+    raise SystemExit("the API did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=20, help="per wrk run")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
+    parser.add_argument("--pool", type=int, default=4, help="PostgreSQL pool size per worker")
+    parser.add_argument("--rate", type=int, default=2000, help="paced run's target req/s")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install -y wrk")
+    name = f"focus_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = psycopg.conninfo.make_conninfo(args.database_url, dbname=name)
+    server = None
+    try:
+        load(url, args.sessions, args.users)
+        server, base = serve(url, args)
+        token = mint_token(SECRET, "bench", [ANALYTICS])
+        report(base, args, token)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        if not args.keep:
+            with psycopg.connect(args.database_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                    sql.Identifier(name)))
+
+
+def line(label: str, run: dict[str, float]) -> None:
+    late = f"  ({run['timeouts']:.0f} timed out > 2 s)" if run["timeouts"] else ""
+    print(f"{label:<30} {run['rps']:>9,.0f} req/s  p50 {run['p50']:6.2f} ms"
+          f"  p99 {run['p99']:6.2f} ms{late}", flush=True)
+
+
+def report(base: str, args: argparse.Namespace, token: str) -> None:
+    runs: dict[str, dict[str, float]] = {}
+    for label, path in [("analytics (rollup)", "/users/USER/analytics"),
+                        ("analytics (naive GROUP BY)", "/naive/users/USER/analytics"),
+                        ("sessions list (limit 10)", "/users/USER/sessions?limit=10")]:
+        wrk(base, path, argparse.Namespace(**{**vars(args), "seconds": 3}), token)  # warm up
+        runs[label] = wrk(base, path, args, token)
+        line(label, runs[label])
+    # pace each connection so that 50 of them offer --rate req/s: the gap between requests is
+    # the cycle time minus (twice, as latency grows with load) that of an unloaded request
+    idle = wrk(base, "/users/USER/analytics",
+               argparse.Namespace(**{**vars(args), "seconds": 3, "connections": 2}), token)
+    delay = max(0.0, args.connections * 1000 / args.rate - 2 * idle["p50"])
+    paced = wrk(base, "/users/USER/analytics", args, token, delay_ms=delay)
+    line(f"analytics paced ({args.rate}/s)", paced)
+    ratio = runs["analytics (rollup)"]["rps"] / runs["analytics (naive GROUP BY)"]["rps"]
+    print(f"rollup vs naive throughput: {ratio:.1f}x; load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()

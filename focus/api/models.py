@@ -1,0 +1,160 @@
+"""The HTTP shapes of the API: the original spec's ``FocusSession`` plus what the projection adds.
+
+Built from the read rows with ``model_construct`` (the database already holds validated data)
+and serialised by pydantic-core straight to bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from projections.queries import DayBucket, Freshness, SessionRecord, UserTotals
+
+
+class PartitionPosition(BaseModel):
+    partition: int
+    next_offset: int = Field(description="Offset of the next event the projector will apply.")
+    last_event_time: datetime | None = Field(description="Newest event time applied so far.")
+
+
+class FreshnessOut(BaseModel):
+    """How far the projection has got when this response was read."""
+
+    projected_through: datetime | None = Field(
+        description="Newest event time applied on any partition (null before the first event)."
+    )
+    positions: list[PartitionPosition]
+
+
+class FocusSession(BaseModel):
+    """The original spec's ``FocusSession``, plus the projection's extras."""
+
+    session_id: UUID
+    user_id: str
+    step_id: UUID | None
+    started_at: datetime
+    ended_at: datetime | None
+    duration_minutes: int = Field(description="Planned length in minutes.")
+    completed: bool
+    interruptions: int = Field(description="max(interruption events, count the timer reported)")
+    focus_minutes: float | None = Field(description="Actual elapsed minutes; null until ended.")
+    outcome: str | None = Field(description="completed, abandoned or cancelled; null if open.")
+    focus_quality: int | None
+    time_zone: str | None
+
+
+class SessionOut(FocusSession):
+    freshness: FreshnessOut
+
+
+class SessionPageOut(BaseModel):
+    sessions: list[FocusSession] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end.")
+    freshness: FreshnessOut
+
+
+class DayOut(BaseModel):
+    day: date
+    sessions_started: int
+    sessions_ended: int
+    sessions_completed: int
+    focus_minutes: float
+    interruptions: int
+
+
+class DailyOut(BaseModel):
+    time_zone: str = Field(description="Zone the days are cut in: `tz`, the user's, or UTC.")
+    from_: date = Field(alias="from")
+    to: date
+    days: list[DayOut]
+
+
+class AnalyticsOut(BaseModel):
+    """All-time figures from the rollup; ``daily`` only when ``from``/``to`` was asked for."""
+
+    user_id: str
+    sessions_started: int
+    sessions_ended: int
+    sessions_completed: int
+    completion_rate: float | None = Field(description="completed / ended; null if none ended.")
+    avg_duration_minutes: float | None = Field(description="focus minutes / ended sessions.")
+    total_focus_minutes: float
+    interruptions_total: int
+    interruptions_per_session: float | None = Field(description="total / sessions started.")
+    last_session_at: datetime | None
+    daily: DailyOut | None = None
+    freshness: FreshnessOut
+
+
+class AcceptedOut(BaseModel):
+    """The event is in the log but not yet projected: read ``location`` later."""
+
+    status: Literal["accepted"] = "accepted"
+    session_id: UUID
+    location: str
+    partition: int
+    offset: int
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unavailable"]
+    broker: Literal["connected", "not connected"]
+
+
+def _minutes(seconds: Decimal) -> float:
+    return round(float(seconds) / 60, 4)
+
+
+def freshness(f: Freshness) -> FreshnessOut:
+    return FreshnessOut.model_construct(
+        projected_through=f.projected_through,
+        positions=[PartitionPosition.model_construct(
+            partition=p.partition, next_offset=p.next_offset, last_event_time=p.last_event_time)
+            for p in f.positions],
+    )
+
+
+def session(r: SessionRecord) -> FocusSession:
+    return FocusSession.model_construct(
+        session_id=r.session_id, user_id=r.user_id, step_id=r.step_id,
+        started_at=r.started_at, ended_at=r.ended_at, duration_minutes=r.duration_minutes,
+        completed=r.completed, interruptions=r.interruptions,
+        focus_minutes=None if r.focus_seconds is None else _minutes(r.focus_seconds),
+        outcome=r.outcome, focus_quality=r.focus_quality, time_zone=r.time_zone,
+    )
+
+
+def session_out(r: SessionRecord, f: Freshness) -> SessionOut:
+    base = session(r)
+    return SessionOut.model_construct(**dict(base), freshness=freshness(f))
+
+
+def analytics(user_id: str, t: UserTotals, f: Freshness,
+              daily: DailyOut | None = None) -> AnalyticsOut:
+    ended, started = t.sessions_ended, t.sessions_started
+    total = _minutes(t.total_focus_seconds)
+    return AnalyticsOut.model_construct(
+        user_id=user_id, sessions_started=started, sessions_ended=ended,
+        sessions_completed=t.sessions_completed,
+        completion_rate=round(t.sessions_completed / ended, 4) if ended else None,
+        avg_duration_minutes=_minutes(t.total_focus_seconds / ended) if ended else None,
+        total_focus_minutes=total, interruptions_total=t.total_interruptions,
+        interruptions_per_session=round(t.total_interruptions / started, 4) if started else None,
+        last_session_at=t.last_session_at, daily=daily, freshness=freshness(f),
+    )
+
+
+def daily(tz: str, lo: date, hi: date, days: list[DayBucket]) -> DailyOut:
+    return DailyOut.model_construct(
+        time_zone=tz, from_=lo, to=hi,
+        days=[DayOut.model_construct(
+            day=d.day, sessions_started=d.sessions_started, sessions_ended=d.sessions_ended,
+            sessions_completed=d.sessions_completed, focus_minutes=_minutes(d.focus_seconds),
+            interruptions=d.interruptions) for d in days],
+    )

@@ -1,0 +1,146 @@
+"""Write routes: start, interrupt and end a session by publishing events (never SQL writes).
+
+Each validates, publishes one event with ``acks=all``, then waits (``FOCUS_API_WAIT_MS``) until
+the projector has applied it and answers with the projected session; when the wait runs out it
+answers ``202`` with ``Location``. A write for an existing session needs its start projected
+first (``404`` otherwise): only the projection knows whose session it is.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, HTTPException, Response, status
+
+from focus.api import models
+from focus.api.auth import SELF, WRITE, Caller, Principal, forbid_unless, require_any
+from focus.api.deps import Services, Svc, json_response
+from focus.api.reads import invalid
+from producers.http import (
+    FocusSessionCreate,
+    FocusSessionUpdate,
+    IdempotencyKey,
+    InterruptionCreate,
+    Published,
+    end_event,
+    end_event_id,
+    interruption_event,
+    start_event,
+)
+from projections.queries import SessionRecord
+
+router = APIRouter(tags=["write"])
+KeyHeader = Annotated[IdempotencyKey | None, Header(
+    description="Retry-safe key: the same key (per user, per session) never writes twice.")]
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": models.AcceptedOut, "description": "Published, not yet projected"},
+    401: {"description": "Missing, invalid or expired token"},
+    403: {"description": "Token lacks the scope, or the session is another user's"},
+    503: {"description": "Kafka is unreachable; nothing was written"},
+}
+_SESSION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_RESPONSES,
+    404: {"description": "No such session is projected"},
+    409: {"description": "The session has already ended"},
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@router.post("/sessions", status_code=201, response_model=models.SessionOut,
+             responses=_RESPONSES)
+async def start_session(body: FocusSessionCreate, caller: Caller, svc: Svc,
+                        idempotency_key: KeyHeader = None) -> Response:
+    """Start a focus session (publishes `focus.session.started.v1`).
+
+    Needs `sessions:write`, or `sessions:self` for the token's own user. With an
+    `Idempotency-Key`, a retry returns the same session instead of starting another."""
+    require_any(caller, SELF, WRITE)
+    forbid_unless(caller.may_write(body.user_id), "a sessions:self token writes only its own user")
+    event = start_event(body, _now(), svc.source, idempotency_key)
+    sid = event.data.session_id
+    if idempotency_key:
+        async with svc.pool.connection() as conn:
+            found, fresh = await svc.queries.session(conn, sid)
+        if found is not None:
+            return json_response(models.session_out(found, fresh), 201,
+                                 {"Location": f"/sessions/{sid}", "Idempotent-Replayed": "true"})
+    return await _settle(svc, sid, await svc.writer.publish(event), 201)
+
+
+@router.put("/sessions/{session_id}", response_model=models.SessionOut,
+            responses=_SESSION_RESPONSES)
+async def end_session(session_id: UUID, body: FocusSessionUpdate, caller: Caller, svc: Svc,
+                      idempotency_key: KeyHeader = None) -> Response:
+    """End a focus session (publishes `focus.session.ended.v2`).
+
+    `ended_at` defaults to now and may not precede the start; `completed` defaults to whether
+    the planned duration was reached. An ended session cannot be ended again (`409`), except
+    by a retry with the same `Idempotency-Key`."""
+    found = await _writable(svc, caller, session_id)
+    if found.ended_at is not None:
+        if idempotency_key and found.end_event_id == end_event_id(session_id, idempotency_key):
+            return await _settle(svc, session_id, None, 200)
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"session {session_id} already ended at {found.ended_at.isoformat()}")
+    now = _now()
+    if body.ended_at is not None and body.ended_at < found.started_at:
+        raise invalid("body", "ended_at", "ended_at is before the session's started_at "
+                      f"({found.started_at.isoformat()})", body.ended_at.isoformat())
+    event = end_event(body, found.user_id, session_id, found.started_at,
+                      found.duration_minutes, max(now, found.started_at), svc.source,
+                      idempotency_key)
+    return await _settle(svc, session_id, await svc.writer.publish(event), 200)
+
+
+@router.post("/sessions/{session_id}/interruptions", status_code=201,
+             response_model=models.SessionOut, responses=_SESSION_RESPONSES)
+async def interrupt_session(session_id: UUID, body: InterruptionCreate, caller: Caller,
+                            svc: Svc, idempotency_key: KeyHeader = None) -> Response:
+    """Record an interruption of a running session (publishes `focus.session.interrupted.v1`).
+
+    `interrupted_at` defaults to now and must fall within the session (`422` otherwise)."""
+    found = await _writable(svc, caller, session_id)
+    if found.ended_at is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"session {session_id} already ended at {found.ended_at.isoformat()}")
+    at = body.interrupted_at or max(_now(), found.started_at)
+    if at < found.started_at:
+        raise invalid("body", "interrupted_at", "interrupted_at is before the session's "
+                      f"started_at ({found.started_at.isoformat()})", at.isoformat())
+    body = body.model_copy(update={"interrupted_at": at})
+    event = interruption_event(body, found.user_id, session_id, _now(), svc.source,
+                               idempotency_key)
+    return await _settle(svc, session_id, await svc.writer.publish(event), 201)
+
+
+async def _writable(svc: Services, caller: Principal, session_id: UUID) -> SessionRecord:
+    require_any(caller, SELF, WRITE)
+    async with svc.pool.connection() as conn:
+        found, _ = await svc.queries.session(conn, session_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"no session {session_id} is projected (a session is writable once "
+                            "its start is readable at GET /sessions/{id})")
+    forbid_unless(caller.may_write(found.user_id),
+                  "a sessions:self token writes only its own user's sessions")
+    return found
+
+
+async def _settle(svc: Services, sid: UUID, published: Published | None,
+                  code: int) -> Response:
+    location = {"Location": f"/sessions/{sid}"}
+    if published is None or await svc.projected(published):
+        async with svc.pool.connection() as conn:
+            found, fresh = await svc.queries.session(conn, sid)
+        if found is not None:
+            return json_response(models.session_out(found, fresh), code, location)
+    if published is None:  # it was there a moment ago: only a rebuild in progress removes it
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no session {sid} is projected")
+    return json_response(models.AcceptedOut(
+        session_id=sid, location=location["Location"], partition=published.partition,
+        offset=published.offset), 202, location)
