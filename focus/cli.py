@@ -50,6 +50,22 @@ async def _project(settings: ProjectorSettings) -> None:
     await run_projector(build_projector(settings), stopping)
 
 
+@app.command()
+def dev(
+    api_port: int = typer.Option(8000, envvar="FOCUS_API_PORT", help="Port of the HTTP API."),
+) -> None:
+    """Run everything locally: broker, PostgreSQL, projector and API (Ctrl-C stops all).
+
+    Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL the broker and PostgreSQL are embedded
+    (pip packages, no Docker); with them, those servers are used instead.
+    """
+    from focus.dev import run
+    from focus.settings import CommonSettings
+
+    logging.basicConfig(level=logging.WARNING)
+    run(CommonSettings(), api_port)
+
+
 def _register_areas() -> None:
     from focus import cli_api, cli_produce, cli_replay
 

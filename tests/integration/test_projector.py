@@ -206,3 +206,23 @@ async def test_any_arrival_order_with_duplicates_converges_on_the_real_stack(
         finally:
             loop.close()
     assert rollup_mismatches(fresh_database) == []
+
+
+async def test_a_step_id_owned_by_another_service_is_kept_without_a_foreign_key(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    # micro_steps lives in another service's database: the step may not exist here (or not
+    # yet), and the projection must still record the fact rather than fail or drop it.
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    step = uuid4()
+    async with running_projector(s):
+        sent = await publish(kafka_bootstrap, s.focus_events_topic,
+                             [ev.started("fay", T0, step_id=step)])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+    assert query(fresh_database, "SELECT step_id FROM focus_sessions") == [(step,)]
+    assert query(fresh_database, "SELECT count(*) FROM information_schema.table_constraints"
+                 " WHERE table_name = 'focus_sessions' AND constraint_type = 'FOREIGN KEY'"
+                 ) == [(0,)]
+    # the seed's index on step_id is still there for joins on the analytics side
+    assert query(fresh_database, "SELECT indexname FROM pg_indexes WHERE tablename ="
+                 " 'focus_sessions' AND indexname = 'idx_focus_step'") == [("idx_focus_step",)]
