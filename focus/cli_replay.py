@@ -1,9 +1,182 @@
-"""CLI commands for the replay area (registered by focus.cli)."""
+"""CLI commands for the replay area (registered by focus.cli): ``replay`` and ``verify``."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated
+
+import psycopg
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from focus.settings import ProjectorSettings
+
+if TYPE_CHECKING:
+    from consumers.replay import ReplayReport
+    from projections.verify import VerifyReport
+
+console = Console(stderr=True)
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:,.0f} ev/s" if task.speed else "", style="progress.data.speed")
+
+
+class RichProgress:
+    """Bulk progress: one bar for the whole log (events/s, ETA) and one per partition."""
+
+    def __init__(self) -> None:
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             _Rate(), TimeRemainingColumn(), console=console, transient=False)
+        self.total: TaskID | None = None
+        self.parts: dict[int, TaskID] = {}
+
+    def phase(self, text: str) -> None:
+        self.bars.stop()
+        console.print(f"[bold]{text}[/bold]")
+
+    def bulk_started(self, ends: Mapping[int, int]) -> None:
+        self.bars.start()
+        self.total = self.bars.add_task("all partitions", total=sum(ends.values()))
+        for p, end in sorted(ends.items()):
+            self.parts[p] = self.bars.add_task(f"  partition {p}", total=end)
+
+    def bulk_advanced(self, offsets: Mapping[int, int]) -> None:
+        for p, offset in offsets.items():
+            self.bars.update(self.parts[p], completed=offset)
+        if self.total is not None:
+            self.bars.update(self.total, completed=sum(offsets.values()))
+
+
+def replay(
+    dry_run: Annotated[bool, typer.Option(help="Stop after the diff; change nothing live.")]
+    = False,
+    users: Annotated[str | None, typer.Option(help="Rebuild only these users (a,b,c).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Bulk decode processes.")] = (
+        os.cpu_count() or 2),
+    shadow_schema: Annotated[str, typer.Option(help="Schema for the shadow tables.")]
+    = "focus_shadow",
+    keep_retired: Annotated[bool, typer.Option(help="Keep the replaced tables in a "
+                                               "focus_retired_<time> schema.")] = False,
+) -> None:
+    """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
+    from consumers.replay import Replayer
+    from consumers.replay_follow import ReplayOptions
+    from focus.migrate import migrate
+    from focus.servers import resolved
+
+    settings = resolved(ProjectorSettings())
+    assert settings.kafka_bootstrap_servers
+    assert settings.database_url
+    chosen = frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None
+    options = ReplayOptions(
+        bootstrap=settings.kafka_bootstrap_servers, url=settings.database_url,
+        topic=settings.focus_events_topic, shadow=shadow_schema, users=chosen,
+        workers=workers, keep_retired=keep_retired,
+    )
+    progress = RichProgress()
+    report = asyncio.run(Replayer(options, migrate, progress).run(dry_run=dry_run))
+    progress.bars.stop()
+    console.print(f"replayed {report.events:,} events ({report.duplicates:,} duplicates, "
+                  f"{report.dead_letters:,} dead letters) in {report.bulk_seconds:.1f} s: "
+                  f"{report.events_per_second:,.0f} events/s; caught up {report.caught_up:,}")
+    if report.diff is not None:
+        _print_diff(report)
+    if report.swapped:
+        kept = f"; old tables kept in {report.retired_schema}" if report.retired_schema else ""
+        console.print(f"[green]swapped[/green] at positions {report.positions}{kept}")
+    elif dry_run:
+        console.print("dry run: live tables unchanged")
+
+
+def _print_diff(report: ReplayReport) -> None:
+    assert report.diff is not None
+    if report.live_lag:
+        console.print(f"[yellow]live lags the shadow by {report.live_lag} events per "
+                      "partition; differences there may be lag[/yellow]")
+    table = Table("table", "live rows", "shadow rows", "only live", "only shadow", "differing")
+    for t in report.diff.tables:
+        table.add_row(t.table, *(f"{n:,}" for n in (t.live_rows, t.shadow_rows, t.only_live,
+                                                       t.only_shadow, t.differing)))
+    console.print(table)
+    for t in report.diff.tables:
+        for example in t.examples:
+            console.print(f"  {t.table} {example}", markup=False)
+    console.print("[green]no differences[/green]" if report.diff.clean else
+                  "[yellow]the swap replaces these rows with the replayed ones[/yellow]")
+
+
+def verify(
+    examples: Annotated[int, typer.Option(min=0, help="Examples printed per check.")] = 5,
+) -> None:
+    """Check that every read model equals its definition; exit 1 on any mismatch."""
+    from focus.servers import resolved
+
+    settings = resolved(ProjectorSettings())
+    assert settings.kafka_bootstrap_servers
+    assert settings.database_url
+    report, broker_error = asyncio.run(_verify(settings, examples))
+    if broker_error:
+        console.print(f"[yellow]broker {settings.kafka_bootstrap_servers} not reachable "
+                      f"({broker_error}): log end checks skipped[/yellow]")
+    for problem in report.problems:
+        mark = "[green]ok[/green]" if not problem.count else f"[red]{problem.count} mismatch"
+        console.print(f"{mark}  {problem.check}")
+        for example in problem.examples:
+            console.print(f"      {example}", markup=False)
+    age = f", oldest {report.held_oldest_age}" if report.held else ""
+    console.print(f"{report.sessions:,} sessions, {report.users:,} users; held events: "
+                  f"{report.held:,}{age}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+async def _verify(settings: ProjectorSettings, examples: int) -> tuple[VerifyReport, str | None]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from consumers.replay_follow import log_end_offsets
+    from projections.verify import verify as run
+
+    assert settings.kafka_bootstrap_servers
+    assert settings.database_url
+    ends: dict[int, int] | None = None
+    error: str | None = None
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=None, request_timeout_ms=5000)
+    try:
+        await asyncio.wait_for(consumer.start(), 5)
+        topic = settings.focus_events_topic
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        ends = await log_end_offsets(consumer, tps)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await consumer.stop()
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        report = await run(conn, topic=settings.focus_events_topic, log_ends=ends,
+                           examples=examples)
+    return report, error
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the ``focus`` CLI."""
+    app.command()(replay)
+    app.command()(verify)

@@ -13,6 +13,9 @@ from uuid import UUID
 from contracts.events import Event
 from projections.fold import Derived, History, SessionRow, Status, derive, extend
 from projections.rollups import UserDelta
+from projections.weekly import WeekDelta, WeekKey
+from projections.weekly import accumulate as add_weeks
+from projections.weekly import delta as week_delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,7 @@ class Plan:
     status_changes: list[tuple[UUID, UUID, Status]] = field(default_factory=list)
     rows: list[SessionRow] = field(default_factory=list)
     deltas: dict[str, UserDelta] = field(default_factory=dict)
+    weekly: dict[WeekKey, WeekDelta] = field(default_factory=dict)
     contradictions: list[Contradiction] = field(default_factory=list)
     histories: dict[UUID, History] = field(default_factory=dict)
     duplicates: int = 0
@@ -98,6 +102,7 @@ def _diff(
         if user not in out.deltas:
             out.deltas[user] = UserDelta()
         out.deltas[user].add(old.row, new.row)
+        add_weeks(out.weekly, week_delta(old.row, new.row))
 
 
 def _find(history: History, event_id: UUID) -> Event:

@@ -27,6 +27,7 @@ from contracts.events import (
 )
 from projections.batch import Plan
 from projections.fold import History, SessionRow, extend
+from projections.weekly_store import apply_weekly
 
 SESSION_EVENT_COLUMNS = (
     "session_id", "event_id", "user_id", "kind", "status", "occurred_at", "recorded_at",
@@ -144,6 +145,8 @@ class ProjectionRepository:
                 await self._upsert_sessions(cur, plan.rows)
             if plan.deltas:
                 await self._apply_deltas(cur, plan)
+            if plan.weekly:
+                await apply_weekly(cur, self.schema, plan.weekly)
 
     async def _advance(
         self, conn: AsyncConnection[Any], topic: str, advances: Sequence[Advance]

@@ -132,6 +132,7 @@ TABLES = {
     "focus_sessions": "SELECT * FROM focus_sessions ORDER BY session_id",
     "focus_user_stats": "SELECT * FROM focus_user_stats ORDER BY user_id",
     "session_events": "SELECT * FROM session_events ORDER BY session_id, event_id",
+    "focus_user_weekly": "SELECT * FROM focus_user_weekly ORDER BY user_id, week_start",
 }
 
 

@@ -1,0 +1,187 @@
+"""Benchmark ``focus replay`` against the live projector, on the same topic, in the same run.
+
+    python bench/replay_bench.py                          # 1,000,000 events, 10,000 users
+    python bench/replay_bench.py --events 200000 --users 2000 --workers 2
+
+Publishes ``--events`` events (~4 per session: start, two interruptions, end; half the ends
+v1, half v2) to a fresh topic, replays them into empty shadow tables of a fresh database
+(``focus_bench_<hex>``) and prints events/s of the bulk phase and of the whole replay (diff and
+swap included); then runs the live projector (``focus.bootstrap.build_projector``) over the same
+topic into a second fresh database and prints its events/s next to it. Servers come from
+``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+from psycopg import sql  # noqa: E402
+from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
+
+from consumers.replay import Replayer  # noqa: E402
+from consumers.replay_follow import ReplayOptions, log_end_offsets  # noqa: E402
+from contracts.codec import encode  # noqa: E402
+from focus.bootstrap import build_projector, producer  # noqa: E402
+from focus.migrate import migrate  # noqa: E402
+from focus.settings import ProjectorSettings  # noqa: E402
+from focus.topics import ensure_topics  # noqa: E402
+from producers import events as ev  # noqa: E402
+
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", None)
+
+
+def create_database(server_url: str) -> str:
+    name = f"focus_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(server_url, dbname=name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = str(conninfo_to_dict(url)["dbname"])
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+def positions(url: str, topic: str) -> dict[int, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT kafka_partition, next_offset FROM projector_positions"
+                                 " WHERE topic = %s", (topic,)).fetchall())
+
+
+def sessions(events: int, users: int) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` pairs: 4 events per session, users round-robin."""
+    out: list[tuple[bytes, bytes]] = []
+    for n in range(events // 4):
+        user = f"user-{n % users}"
+        at = T0 + timedelta(minutes=37 * n)
+        start = ev.started(user, at, time_zone=ZONES[n % len(ZONES)])
+        sid = start.data.session_id
+        end = (ev.ended_v1(user, sid, at + timedelta(minutes=25), completed=n % 3 > 0)
+               if n % 2 else
+               ev.ended(user, sid, at + timedelta(minutes=24), focus_quality=1 + n % 5))
+        for event in (start, ev.interrupted(user, sid, at + timedelta(minutes=5)),
+                      ev.interrupted(user, sid, at + timedelta(minutes=9)), end):
+            out.append((user.encode(), encode(event)))
+    return out
+
+
+async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    kafka = producer(bootstrap, linger_ms=20, max_batch_size=1024 * 1024)
+    await kafka.start()
+    try:
+        pending = []
+        for key, value in messages:
+            pending.append(await kafka.send(topic, value, key=key))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await kafka.stop()
+
+
+async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        return await log_end_offsets(consumer, tps)
+    finally:
+        await consumer.stop()
+
+
+async def live_projector(bootstrap: str, url: str, topic: str, total: int) -> float:
+    """Seconds the live projector takes from start to caught up with the whole topic."""
+    settings = ProjectorSettings(kafka_bootstrap_servers=bootstrap, database_url=url,
+                                 focus_events_topic=topic, focus_dlq_topic=f"{topic}.dlq",
+                                 focus_consumer_group=f"bench-{topic}")
+    ends = await log_ends(bootstrap, topic)
+    projector = build_projector(settings)
+    await projector.producer.start()
+    await projector.consumer.start()
+    started = time.perf_counter()
+    task = asyncio.create_task(projector.run())
+    try:
+        while True:
+            done = positions(url, topic)
+            if all(done.get(p, 0) >= end for p, end in ends.items() if end):
+                return time.perf_counter() - started
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.2)
+    finally:
+        projector.stop()
+        await task
+        await projector.consumer.stop()
+        await projector.producer.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    topic = f"focus.bench.{uuid.uuid4().hex[:10]}"
+    await ensure_topics(args.bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
+    t = time.perf_counter()
+    messages = sessions(args.events, args.users)
+    print(f"built {len(messages):,} events in {time.perf_counter() - t:.1f} s", flush=True)
+    t = time.perf_counter()
+    await publish(args.bootstrap, topic, messages)
+    print(f"published in {time.perf_counter() - t:.1f} s", flush=True)
+    del messages
+
+    replay_db, live_db = create_database(args.database_url), None
+    try:
+        migrate(replay_db)
+        options = ReplayOptions(bootstrap=args.bootstrap, url=replay_db, topic=topic,
+                                workers=args.workers)
+        t = time.perf_counter()
+        report = await Replayer(options, migrate).run()
+        whole = time.perf_counter() - t
+        print(f"replay bulk : {report.events:,} events in {report.bulk_seconds:.2f} s ="
+              f" {report.events_per_second:,.0f} events/s ({args.workers} workers)")
+        print(f"replay total: {whole:.2f} s = {report.events / whole:,.0f} events/s"
+              " (schema, bulk, catch-up, diff, swap)", flush=True)
+        if args.skip_live:
+            return
+        live_db = create_database(args.database_url)
+        migrate(live_db)
+        seconds = await live_projector(args.bootstrap, live_db, topic, report.events)
+        print(f"live projector: {report.events:,} events in {seconds:.2f} s ="
+              f" {report.events / seconds:,.0f} events/s")
+    finally:
+        if not args.keep:
+            drop_database(args.database_url, replay_db)
+            if live_db:
+                drop_database(args.database_url, live_db)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    parser.add_argument("--database-url", default=os.environ.get(
+        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--skip-live", action="store_true", help="only the replay")
+    parser.add_argument("--keep", action="store_true", help="keep the databases")
+    arguments = parser.parse_args()
+    if not arguments.bootstrap:
+        parser.error("give --bootstrap host:port or set KAFKA_BOOTSTRAP_SERVERS")
+    asyncio.run(main(arguments))

@@ -1,0 +1,225 @@
+"""``focus replay``: rebuild the read models from the log into shadow tables, diff, swap.
+
+1. **Bulk**: worker processes read every partition from offset 0 to the end offsets captured at
+   start (``--users``: to the live positions) into a fresh shadow schema (:mod:`.replay_pool`).
+2. **Catch-up**: the shadow follows the live positions with the live projector's own code path
+   (:func:`projections.batch.plan` + :class:`ProjectionRepository` on the shadow schema).
+3. **Diff**: in one REPEATABLE READ snapshot, the shadow is brought to exactly the live
+   positions and compared table by table (:mod:`projections.replay_diff`).
+4. **Swap**: one transaction locks the live tables, catches the shadow up to the live positions,
+   and moves the shadow tables in (``--users``: replaces only those users' rows). Positions move
+   with the tables: the live projector continues from the shadow's positions, or is fenced by its
+   compare-and-set and re-reads them; no event is skipped or applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from consumers.replay_bulk import BulkSpec
+from consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
+from consumers.replay_pool import deal, run_pool
+from projections import replay_sql
+from projections.replay import build, fold
+from projections.replay_diff import ReplayDiff, diff
+from projections.repository import event_record, session_record
+
+#: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
+REPLAY_LOCK = 0x5265706C  # "Repl"
+
+
+#: ``migrate(url, schema)``: creates every read-model table in a schema (focus.migrate.migrate,
+#: passed in by the composition root: consumers do not import the CLI package).
+Migrate = Callable[[str, str], object]
+
+
+class ReplayError(RuntimeError):
+    """The replay cannot go on; the message says why and what to do."""
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    bulk_seconds: float = 0.0
+    caught_up: int = 0
+    diff: ReplayDiff | None = None
+    swapped: bool = False
+    retired_schema: str | None = None
+    live_lag: dict[int, int] = field(default_factory=dict)
+    #: Transactions the swap needed: > 1 when live tables were busy and it backed off.
+    swap_attempts: int = 0
+    positions: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.bulk_seconds if self.bulk_seconds else 0.0
+
+
+class Replayer:
+    """One replay of ``options.topic`` into ``options.shadow``, then into ``options.live``."""
+
+    def __init__(
+        self, options: ReplayOptions, migrate: Migrate, progress: ReplayProgress | None = None
+    ) -> None:
+        if options.shadow == options.live:
+            raise ReplayError("the shadow schema must differ from the live schema")
+        self.options = options
+        self.migrate = migrate
+        self.progress = progress or Silent()
+        self.follow = Follower(options, self.progress)
+        self.report = ReplayReport()
+
+    async def run(self, *, dry_run: bool = False) -> ReplayReport:
+        """Bulk, catch-up, diff, then (unless ``dry_run``) swap; the shadow never outlives it."""
+        async with await self._connect() as guard:
+            cur = await guard.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                                      (REPLAY_LOCK, self.options.shadow))
+            if not (await cur.fetchone() or [False])[0]:
+                raise ReplayError(f"another replay is using schema {self.options.shadow!r}; "
+                                  "wait for it, or pass another --shadow-schema")
+            await self.follow.start()
+            try:
+                await self.bulk()
+                await self.catch_up()
+                self.report.diff = await self.diff()
+                if not dry_run:
+                    await self.swap()
+            finally:
+                await self.follow.stop()
+                if dry_run or not self.report.swapped:
+                    await self._drop(self.options.shadow)
+        return self.report
+
+    async def _connect(self) -> AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(self.options.url, autocommit=True)
+
+    async def bulk(self) -> None:
+        """Fresh shadow schema, then every partition read to its end offset by the workers."""
+        o = self.options
+        async with await self._connect() as conn:
+            if "projector_positions" not in await replay_sql.tables(conn, o.live):
+                raise ReplayError(f"schema {o.live!r} has no read-model tables: run "
+                                  "`focus migrate` first")
+        await self._drop(o.shadow)
+        await asyncio.to_thread(self.migrate, o.url, o.shadow)
+        async with await self._connect() as conn:
+            indexes = await replay_sql.strip_indexes(conn, o.shadow)
+        ends = await self.follow.log_ends()
+        if o.users is not None:  # never ahead of live: the live projector keeps these users
+            async with await self._connect() as conn:
+                live = await replay_sql.positions(conn, o.live, o.topic)
+            ends = {p: min(end, live.get(p, 0)) for p, end in ends.items()}
+        self.progress.bulk_started(ends)
+        started = time.perf_counter()
+        specs = [BulkSpec(o.bootstrap, o.url, o.topic, o.shadow, group, ends, o.users)
+                 for group in deal(sorted(ends), o.workers)]
+        merged = await run_pool(specs, self.progress.bulk_advanced)
+        await asyncio.gather(*(self._restore(statements) for statements in indexes.values()))
+        async with await self._connect() as conn, conn.transaction():
+            if merged.shared:
+                out = build(fold(merged.shared), event_record, session_record)
+                await self.follow.copy(conn, out.events, out.sessions)
+                merged.rollups.merge(out.rollups)
+            await replay_sql.load_rollups(conn, o.shadow, merged.rollups)
+            await replay_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
+        r = self.report
+        r.bulk_seconds = time.perf_counter() - started
+        r.events, r.duplicates = merged.events, merged.duplicates
+        r.dead_letters = merged.dead_letters
+        r.positions = dict(ends)
+
+    async def _restore(self, statements: list[str]) -> None:
+        async with await self._connect() as conn:
+            await replay_sql.restore_indexes(conn, statements)
+
+    async def catch_up(self, *, close_enough: int = 2000, rounds: int = 50) -> None:
+        """Follow the live positions until the shadow is within ``close_enough`` events."""
+        self.progress.phase("catching up with the live projector")
+        async with await self._connect() as conn:
+            for _ in range(rounds):
+                live = await replay_sql.positions(conn, self.options.live, self.options.topic)
+                async with conn.transaction():
+                    applied = await self.follow.catch_up(conn, live)
+                self.report.caught_up += applied
+                if applied <= close_enough:
+                    return
+
+    async def diff(self) -> ReplayDiff:
+        """Shadow vs live at the same log positions, in one snapshot of both."""
+        o = self.options
+        self.progress.phase("comparing the shadow with the live tables")
+        async with await self._connect() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            live = await replay_sql.positions(conn, o.live, o.topic)
+            self.report.caught_up += await self.follow.catch_up(conn, live)
+            shadow = await replay_sql.positions(conn, o.shadow, o.topic)
+            self.report.live_lag = {p: s - live.get(p, 0) for p, s in shadow.items()
+                                    if s > live.get(p, 0)}
+            users = sorted(o.users) if o.users is not None else None
+            live_tables = await replay_sql.tables(conn, o.live)
+            names = [n for n in ("focus_sessions", "focus_user_stats", "focus_user_weekly",
+                                 "session_events") if n in live_tables]
+            return await diff(conn, o.live, o.shadow, users=users, names=names)
+
+    async def swap(self) -> None:
+        """Lock live, final catch-up, swap: one transaction, retried while locks are busy."""
+        o = self.options
+        self.progress.phase("swapping the shadow tables in")
+        retired = f"focus_retired_{datetime.now(UTC):%Y%m%d%H%M%S}"
+        async with await self._connect() as conn:
+            names = await replay_sql.tables(conn, o.shadow)
+            if o.users is None:
+                await replay_sql.check_swappable(conn, o.live, o.shadow, names)
+            for attempt in range(o.lock_attempts):
+                self.report.swap_attempts = attempt + 1
+                try:
+                    async with conn.transaction():
+                        await self._swap_locked(conn, names, retired)
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    await asyncio.sleep(random.uniform(0.02, 0.1) * min(attempt + 1, 5))  # noqa: S311
+            else:
+                raise ReplayError(
+                    f"could not lock the live tables in {o.lock_attempts} attempts: long "
+                    "transactions hold them; end those (pg_stat_activity) and run again"
+                )
+            self.report.positions = await replay_sql.positions(conn, o.live, o.topic)
+        self.report.swapped = True
+        if o.users is None:
+            self.report.retired_schema = retired
+            if not o.keep_retired:
+                await self._drop(retired)
+                self.report.retired_schema = None
+        await self._drop(o.shadow)
+
+    async def _swap_locked(self, conn: AsyncConnection[Any], names: list[str],
+                           retired: str) -> None:
+        o = self.options
+        if o.users is None:
+            await replay_sql.lock_live(conn, o.live, names, "ACCESS EXCLUSIVE", o.lock_timeout_ms)
+        else:  # readers of the per-user tables go on; the projector waits
+            await replay_sql.lock_live(conn, o.live, ["session_events"], "ACCESS EXCLUSIVE",
+                                       o.lock_timeout_ms)
+            await replay_sql.lock_live(conn, o.live, [n for n in names if n != "session_events"],
+                                       "EXCLUSIVE", o.lock_timeout_ms)
+        live = await replay_sql.positions(conn, o.live, o.topic)
+        self.report.caught_up += await self.follow.catch_up(conn, live)
+        if o.users is None:
+            await replay_sql.swap_schemas(conn, o.live, o.shadow, retired, names, o.topic)
+        else:
+            await replay_sql.swap_users(conn, o.live, o.shadow, sorted(o.users), names)
+
+    async def _drop(self, schema: str) -> None:
+        async with await self._connect() as conn:
+            await replay_sql.drop_schema(conn, schema)

@@ -1,0 +1,213 @@
+"""The replay's own reader: log end offsets, and catch-up of the shadow with the live code path.
+
+After the bulk phase the shadow is no longer empty, so it follows the log exactly as the live
+projector does — :func:`projections.batch.plan` over histories read back from the shadow, one
+:meth:`ProjectionRepository.write` per batch with compare-and-set positions — only into the
+shadow schema, and without publishing dead letters (the live projector already did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import AsyncConnection
+
+from consumers.replay_bulk import decode_record
+from contracts.codec import PoisonEvent
+from projections import replay_sql
+from projections.batch import Located, plan
+from projections.repository import (
+    SESSION_COLUMNS,
+    SESSION_EVENT_COLUMNS,
+    SESSION_EVENT_TYPES,
+    SESSION_TYPES,
+    Advance,
+    ProjectionRepository,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    bootstrap: str
+    url: str
+    topic: str
+    live: str = "public"
+    shadow: str = "focus_shadow"
+    #: Rebuild only these users (``--users``); ``None`` rebuilds everything.
+    users: frozenset[str] | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    keep_retired: bool = False
+    lock_timeout_ms: int = 300
+    lock_attempts: int = 200
+    batch: int = 5000
+
+
+class ReplayProgress(Protocol):
+    def phase(self, text: str) -> None: ...
+    def bulk_started(self, ends: Mapping[int, int]) -> None: ...
+    def bulk_advanced(self, offsets: Mapping[int, int]) -> None: ...
+
+
+class Silent:
+    """Progress that goes nowhere (tests, benchmarks)."""
+
+    def phase(self, text: str) -> None:
+        return None
+
+    def bulk_started(self, ends: Mapping[int, int]) -> None:
+        return None
+
+    def bulk_advanced(self, offsets: Mapping[int, int]) -> None:
+        return None
+
+
+class TopicUnavailable(RuntimeError):
+    """The topic is missing, or its log no longer starts at offset 0."""
+
+
+async def log_end_offsets(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition], seconds: float = 10.0
+) -> dict[int, int]:
+    """Each partition's log end offset, taken from a fetch's high watermark.
+
+    ``end_offsets`` alone is not trusted: the embedded broker answers the last batch's *base*
+    offset + 1. Fetching from just below that answer returns the true high watermark on any
+    broker. ``consumer`` must have ``tps`` assigned; their positions are moved.
+    """
+    listed = await consumer.end_offsets(list(tps))
+    ends = {tp.partition: 0 for tp, end in listed.items() if end == 0}
+    pending = [tp for tp, end in listed.items() if end > 0]
+    for tp in pending:
+        consumer.seek(tp, listed[tp] - 1)
+    consumer.resume(*pending)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while pending:
+        fetched = await consumer.getmany(*pending, timeout_ms=200)
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            if high is not None and (tp in fetched or high >= listed[tp]):
+                ends[tp.partition] = max(high, listed[tp])
+                pending.remove(tp)
+        if pending and asyncio.get_running_loop().time() > deadline:
+            raise TopicUnavailable(f"no high watermark for {pending} within {seconds:.0f} s")
+    return ends
+
+
+class Follower:
+    def __init__(self, options: ReplayOptions, progress: ReplayProgress) -> None:
+        self.options = options
+        self.progress = progress
+        self.repository = ProjectionRepository(options.shadow)
+        self.tps: list[TopicPartition] = []
+        self.consumer: AIOKafkaConsumer
+
+    async def start(self) -> None:
+        # built here, not in __init__: aiokafka binds to the running event loop
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.options.bootstrap, enable_auto_commit=False, group_id=None,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        consumer = getattr(self, "consumer", None)
+        if consumer is not None:
+            await consumer.stop()
+
+    async def log_ends(self) -> dict[int, int]:
+        """Every partition's end offset now; refuses a log whose beginning was deleted."""
+        topic = self.options.topic
+        if topic not in await self.consumer.topics():
+            raise TopicUnavailable(f"topic {topic!r} does not exist on {self.options.bootstrap}")
+        partitions = sorted(self.consumer.partitions_for_topic(topic) or ())
+        self.tps = [TopicPartition(topic, p) for p in partitions]
+        self.consumer.assign(self.tps)
+        self.consumer.pause(*self.tps)
+        starts = await self.consumer.beginning_offsets(self.tps)
+        lost = {tp.partition: o for tp, o in starts.items() if o > 0}
+        if lost:
+            raise TopicUnavailable(
+                f"{topic} no longer starts at offset 0 (partition: first offset {lost}): "
+                "retention deleted history, so a replay cannot rebuild it; keep the events "
+                "topic with retention.ms=-1"
+            )
+        ends = await log_end_offsets(self.consumer, self.tps)
+        self.consumer.pause(*self.tps)
+        return ends
+
+    async def catch_up(self, conn: AsyncConnection[Any], targets: Mapping[int, int]) -> int:
+        """Apply the log from the shadow's positions up to ``targets``, in the caller's
+        transaction; return how many records were read."""
+        topic = self.options.topic
+        current = await replay_sql.positions(conn, self.options.shadow, topic)
+        need = {p: t for p, t in targets.items() if t > current.get(p, 0) and p in current}
+        if not need:
+            return 0
+        by_partition = {tp.partition: tp for tp in self.tps}
+        for p in need:
+            self.consumer.seek(by_partition[p], current[p])
+            self.consumer.resume(by_partition[p])
+        read = 0
+        while need:
+            fetched = await self.consumer.getmany(timeout_ms=500, max_records=self.options.batch)
+            located: list[Located] = []
+            advances: list[Advance] = []
+            for tp, records in fetched.items():
+                end = need.get(tp.partition)
+                if end is None:
+                    continue
+                taken = [r for r in records if r.offset < end]
+                if not taken:
+                    continue
+                newest = self._decode(taken, located)
+                p, next_offset = tp.partition, taken[-1].offset + 1
+                advances.append(Advance(p, current[p], next_offset, newest))
+                current[p] = next_offset
+                read += len(taken)
+                if next_offset >= end:
+                    del need[p]
+                    self.consumer.pause(tp)
+            if advances:
+                await self._apply(conn, located, advances)
+        return read
+
+    def _decode(self, records: Sequence[Any], into: list[Located]) -> datetime | None:
+        users, newest = self.options.users, None
+        for rec in records:
+            try:
+                event = decode_record(rec.key, rec.value)
+            except PoisonEvent:
+                continue
+            newest = event.time if newest is None else max(newest, event.time)
+            if users is None or event.data.user_id in users:
+                into.append(Located(event, rec.partition, rec.offset))
+        return newest
+
+    async def _apply(self, conn: AsyncConnection[Any], located: list[Located],
+                     advances: list[Advance]) -> None:
+        sessions = list({item.event.data.session_id for item in located})
+        prior = await self.repository.load_histories(conn, sessions)
+        result = plan(prior, located)
+        await self.repository.write(conn, self.options.topic, result, advances)
+
+    async def copy(self, conn: AsyncConnection[Any], events: list[tuple[Any, ...]],
+                   sessions: list[tuple[Any, ...]]) -> None:
+        """Bulk load pre-built records (sessions that spanned several bulk workers)."""
+        async with conn.cursor() as cur:
+            for table, columns, types, rows in (
+                ("session_events", SESSION_EVENT_COLUMNS, SESSION_EVENT_TYPES, events),
+                ("focus_sessions", SESSION_COLUMNS, SESSION_TYPES, sessions),
+            ):
+                if not rows:
+                    continue
+                async with cur.copy(replay_sql.copy_statement(self.options.shadow, table,
+                                                              columns)) as copy:
+                    copy.set_types(types)
+                    for row in rows:
+                        await copy.write_row(row)

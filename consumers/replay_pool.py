@@ -1,0 +1,126 @@
+"""Run the bulk phase's worker processes and merge what they return.
+
+Partitions are dealt to ``workers`` processes (spawned: nothing of the parent's event loop,
+sockets or threads is inherited). The coordinator relays progress, finds sessions that more than
+one worker saw, has their owners hand them back, and folds those whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from consumers.replay_bulk import BulkResult, BulkSpec, run_worker
+from projections.replay import Placed, Rollups
+
+OnProgress = Callable[[Mapping[int, int]], None]
+
+
+class ReplayWorkerError(RuntimeError):
+    """A bulk worker failed; the message carries its traceback."""
+
+
+@dataclass(slots=True)
+class Merged:
+    rollups: Rollups = field(default_factory=Rollups)
+    shared: list[Placed] = field(default_factory=list)
+    events: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    last_event_time: dict[int, datetime] = field(default_factory=dict)
+
+
+def deal(partitions: list[int], workers: int) -> list[tuple[int, ...]]:
+    """Round-robin partitions over at most ``workers`` groups (none empty)."""
+    groups = [tuple(partitions[i::workers]) for i in range(max(1, workers))]
+    return [g for g in groups if g]
+
+
+async def run_pool(specs: list[BulkSpec], on_progress: OnProgress | None = None) -> Merged:
+    """Run one worker per spec; return the merged rollups and the cross-worker sessions."""
+    ctx = multiprocessing.get_context("spawn")
+    pipes: list[Connection] = []
+    procs: list[Any] = []
+    for spec in specs:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=run_worker, args=(spec, child), daemon=True,
+                           name=f"replay-bulk-{'-'.join(map(str, spec.partitions))}")
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        return await _drive(pipes, on_progress)
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        for pipe in pipes:
+            pipe.close()
+
+
+async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> Merged:
+    merged = Merged()
+    offsets: dict[int, int] = {}
+    seen: dict[int, bytes] = {}
+    results: dict[int, BulkResult] = {}
+    while len(results) < len(pipes):
+        message = False
+        for i, pipe in enumerate(pipes):
+            while i not in results and pipe.poll():
+                message = True
+                kind, body = _receive(pipe)
+                if kind == "progress":
+                    offsets.update(body)
+                    if on_progress is not None:
+                        on_progress(offsets)
+                elif kind == "sessions":
+                    seen[i] = body
+                    if len(seen) == len(pipes):
+                        _send_shared(pipes, seen)
+                elif kind == "done":
+                    results[i] = body
+                elif kind == "error":
+                    raise ReplayWorkerError(f"replay worker {i} failed: {body}")
+        if not message:
+            await asyncio.sleep(0.02)
+    for result in results.values():
+        merged.rollups.merge(result.rollups)
+        merged.shared.extend(result.shared)
+        merged.events += result.events
+        merged.duplicates += result.duplicates
+        merged.dead_letters += result.dead_letters
+        merged.last_event_time.update(result.last_event_time)
+    return merged
+
+
+def _receive(pipe: Connection) -> tuple[str, Any]:
+    try:
+        kind, body = pipe.recv()
+    except EOFError as exc:
+        raise ReplayWorkerError("a replay worker exited without reporting (killed?)") from exc
+    return str(kind), body
+
+
+def _send_shared(pipes: list[Connection], seen: Mapping[int, bytes]) -> None:
+    """Tell every worker which of its sessions another worker also saw."""
+    owners: dict[bytes, int] = {}
+    shared: set[bytes] = set()
+    for i, blob in seen.items():
+        for j in range(0, len(blob), 16):
+            sid = blob[j:j + 16]
+            if owners.setdefault(sid, i) != i:
+                shared.add(sid)
+    for i, pipe in enumerate(pipes):
+        mine = b""
+        if shared:
+            blob = seen[i]
+            ids = {blob[j:j + 16] for j in range(0, len(blob), 16)}
+            mine = b"".join(shared & ids)
+        pipe.send(("shared", mine))

@@ -1,0 +1,207 @@
+"""SQL of a replay: shadow positions and rollups, locking the live tables, and the swap.
+
+The swap moves whole tables between schemas (``ALTER TABLE ... SET SCHEMA``) inside one
+transaction that holds ACCESS EXCLUSIVE locks on the live tables. A statement that was waiting
+for one of those locks re-resolves the table name once it gets the lock, so the live projector
+and the API continue on the new tables; prepared statements are re-planned on the same signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from projections.replay import Rollups
+from projections.repository import STATS_TYPES
+
+#: The read models, in the order the live projector first touches them (lock order).
+READ_MODELS = (
+    "session_events", "projector_positions", "focus_sessions", "focus_user_stats",
+    "focus_user_weekly",
+)
+#: Tables that hold one row per user-owned thing: what ``--users`` swaps.
+PER_USER = ("session_events", "focus_sessions", "focus_user_stats", "focus_user_weekly")
+WEEKLY_TYPES = ("varchar", "date", "int8", "int8", "numeric")
+
+
+class NotSwappable(RuntimeError):
+    """The shadow and live schemas differ in a way a swap would break; says what to do."""
+
+
+def _t(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+async def tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
+    """The read-model tables of ``schema`` (everything but the migration history)."""
+    cur = await conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'schema_migrations'"
+        " ORDER BY tablename", (schema,))
+    found = [name for (name,) in await cur.fetchall()]
+    known = [t for t in READ_MODELS if t in found]
+    return known + [t for t in found if t not in known]
+
+
+async def positions(conn: AsyncConnection[Any], schema: str, topic: str) -> dict[int, int]:
+    cur = await conn.execute(
+        sql.SQL("SELECT kafka_partition, next_offset FROM {} WHERE topic = %s")
+        .format(_t(schema, "projector_positions")), (topic,))
+    return dict(await cur.fetchall())
+
+
+async def set_positions(
+    conn: AsyncConnection[Any], schema: str, topic: str, ends: Mapping[int, int],
+    last_times: Mapping[int, datetime],
+) -> None:
+    """The bulk phase's result: every partition at the end offset it was read to."""
+    parts = sorted(ends)
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (topic, kafka_partition, next_offset, last_event_time)"
+            " SELECT %s, * FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[])"
+        ).format(_t(schema, "projector_positions")),
+        (topic, parts, [ends[p] for p in parts], [last_times.get(p) for p in parts]),
+    )
+
+
+def copy_statement(schema: str, table: str, columns: Sequence[str]) -> sql.Composed:
+    """Binary COPY into ``schema.table`` (the repository's column layouts and types)."""
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        _t(schema, table), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+
+
+async def load_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
+    async with conn.cursor() as cur:
+        for table, types, records in (
+            ("focus_user_stats", STATS_TYPES, rollups.user_records()),
+            ("focus_user_weekly", WEEKLY_TYPES, rollups.week_records()),
+        ):
+            async with cur.copy(
+                sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_t(schema, table))
+            ) as copy:
+                copy.set_types(types)
+                for record in records:
+                    await copy.write_row(record)
+
+
+#: Tables the bulk phase fills; their indexes are built after the load, not row by row.
+BULK_TABLES = ("session_events", "focus_sessions")
+
+
+async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[str]]:
+    """Drop the bulk tables' indexes and keys in ``schema``; return, per table, the statements
+    that recreate them exactly (a sorted build is several times cheaper than row by row)."""
+    cur = await conn.execute(
+        "SELECT c.relname, 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) ||"
+        " ' ADD CONSTRAINT ' || quote_ident(k.conname) || ' ' || pg_get_constraintdef(k.oid),"
+        " 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) || ' DROP CONSTRAINT '"
+        " || quote_ident(k.conname)"
+        " FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+        " WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s)"
+        " AND k.contype IN ('p', 'u')"
+        " UNION ALL SELECT c.relname, pg_get_indexdef(i.indexrelid),"
+        " 'DROP INDEX ' || %s || '.' || quote_ident(x.relname)"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+        " JOIN pg_class x ON x.oid = i.indexrelid"
+        " WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+        (*[sql.Identifier(schema).as_string(conn)] * 2, schema, list(BULK_TABLES),
+         sql.Identifier(schema).as_string(conn), schema, list(BULK_TABLES)),
+    )
+    recreate: dict[str, list[str]] = {}
+    for table, create, drop in await cur.fetchall():
+        await conn.execute(drop.encode())
+        recreate.setdefault(table, []).append(create)
+    return recreate
+
+
+async def restore_indexes(conn: AsyncConnection[Any], statements: Sequence[str]) -> None:
+    await conn.execute("SET maintenance_work_mem = '256MB'")
+    for statement in statements:
+        await conn.execute(statement.encode())
+
+
+async def lock_live(
+    conn: AsyncConnection[Any], schema: str, names: Sequence[str], mode: str, timeout_ms: int
+) -> None:
+    """Lock the live tables, waiting at most ``timeout_ms`` (raises ``LockNotAvailable``).
+
+    The wait is kept below PostgreSQL's ``deadlock_timeout`` (1 s by default): if a reader that
+    holds one of the tables queues behind a lock we already hold, we give up first, so the
+    deadlock detector never has to cancel the reader. The caller retries.
+    """
+    assert mode in ("EXCLUSIVE", "ACCESS EXCLUSIVE")
+    await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout_ms)))
+    await conn.execute(
+        sql.SQL("LOCK TABLE {} IN " + mode + " MODE").format(
+            sql.SQL(", ").join(_t(schema, n) for n in names)
+        )
+    )
+    await conn.execute("SET LOCAL lock_timeout = 0")
+
+
+async def check_swappable(
+    conn: AsyncConnection[Any], live: str, shadow: str, names: Sequence[str]
+) -> None:
+    """Refuse a swap that would silently break something, with what to do instead."""
+    missing = [n for n in names if n not in await tables(conn, live)]
+    if missing:
+        raise NotSwappable(f"live schema {live!r} lacks {missing}: run `focus migrate` first")
+    versions = []
+    for schema in (live, shadow):
+        cur = await conn.execute(sql.SQL(
+            "SELECT coalesce(array_agg(version ORDER BY version), '{{}}') FROM {}"
+        ).format(_t(schema, "schema_migrations")))
+        versions.append((await cur.fetchone() or [[]])[0])
+    if versions[0] != versions[1]:
+        raise NotSwappable(f"migrations differ: live {versions[0]}, shadow {versions[1]}; "
+                           "migrate the live schema, then replay again")
+    cur = await conn.execute(
+        "SELECT DISTINCT v.relname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid"
+        " JOIN pg_class v ON v.oid = r.ev_class JOIN pg_class t ON t.oid = d.refobjid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = %s AND t.relname = ANY(%s) AND v.oid <> t.oid",
+        (live, list(names)))
+    views = [name for (name,) in await cur.fetchall()]
+    if views:
+        raise NotSwappable(f"views {views} depend on the live tables and would keep pointing at "
+                           "the old ones; drop them before the swap and recreate them after")
+
+
+async def swap_schemas(
+    conn: AsyncConnection[Any], live: str, shadow: str, retired: str, names: Iterable[str],
+    topic: str,
+) -> None:
+    """Move the live tables to ``retired`` and the shadow tables into ``live`` (one transaction).
+
+    Positions of *other* topics stored in the live table are carried over first.
+    """
+    await conn.execute(
+        sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE topic <> %s").format(
+            _t(shadow, "projector_positions"), _t(live, "projector_positions")), (topic,))
+    await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(retired)))
+    for name in names:
+        await conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+            _t(live, name), sql.Identifier(retired)))
+        await conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+            _t(shadow, name), sql.Identifier(live)))
+
+
+async def swap_users(
+    conn: AsyncConnection[Any], live: str, shadow: str, users: Sequence[str],
+    names: Iterable[str],
+) -> None:
+    """Replace only the named users' rows in every per-user table (positions stay)."""
+    for name in [n for n in names if n in PER_USER]:
+        await conn.execute(sql.SQL("DELETE FROM {} WHERE user_id = ANY(%s)").format(
+            _t(live, name)), (list(users),))
+        await conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
+            _t(live, name), _t(shadow, name)))
+
+
+async def drop_schema(conn: AsyncConnection[Any], schema: str) -> None:
+    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

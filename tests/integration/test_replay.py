@@ -1,0 +1,240 @@
+"""Replay against the real broker and PostgreSQL: guarantee 5 (replay rebuilds the same state)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers.replay import Replayer, ReplayReport
+from consumers.replay_follow import ReplayOptions, log_end_offsets
+from focus.migrate import migrate
+from producers import events as ev
+from projections.verify import VerifyReport, verify
+from tests.support.infra import create_database, drop_database
+from tests.support.projection import positions, publish, running_projector, settings_for, snapshot
+from tests.support.stream import stream
+from tests.unit.histories import T0, minutes
+
+
+def options(bootstrap: str, url: str, topic: str, **more: object) -> ReplayOptions:
+    return ReplayOptions(bootstrap=bootstrap, url=url, topic=topic, workers=2, **more)  # type: ignore[arg-type]
+
+
+def replayer(bootstrap: str, url: str, topic: str, **more: object) -> Replayer:
+    return Replayer(options(bootstrap, url, topic, **more), migrate)
+
+
+async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        return await log_end_offsets(consumer, tps)
+    finally:
+        await consumer.stop()
+
+
+async def caught_up(bootstrap: str, url: str, topic: str, seconds: float = 120) -> None:
+    """Wait until the live positions reach the true end of every partition."""
+    ends = await log_ends(bootstrap, topic)
+    deadline = time.monotonic() + seconds
+    while True:
+        stored = positions(url, topic)
+        if all(stored.get(p, 0) >= end for p, end in ends.items() if end):
+            return
+        assert time.monotonic() < deadline, f"projection stuck at {stored}, log ends at {ends}"
+        await asyncio.sleep(0.1)
+
+
+def describe(report: ReplayReport) -> str:
+    assert report.diff is not None
+    return "\n".join(
+        f"{t.table}: live {t.live_rows} shadow {t.shadow_rows} only-live {t.only_live} "
+        f"only-shadow {t.only_shadow} differing {t.differing} " + "; ".join(map(str, t.examples))
+        for t in report.diff.tables
+    )
+
+
+async def test_replay_of_a_simulated_log_equals_the_live_tables(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    async with running_projector(s):
+        await publish(kafka_bootstrap, fresh_topics.events, stream(3000, users=40))
+        await caught_up(kafka_bootstrap, fresh_database, fresh_topics.events)
+    live = snapshot(fresh_database)
+
+    report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run(
+        dry_run=True)
+    check_weekly_only_new(report)
+    assert report.events > 2500
+    assert report.caught_up == 0
+
+    report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run()
+    assert report.swapped
+    assert snapshot(fresh_database) == live
+    with psycopg.connect(fresh_database) as conn:
+        schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'focus_%'")
+        assert schemas.fetchall() == []
+
+
+def check_weekly_only_new(report: ReplayReport) -> None:
+    """Live and replay agree on every table, the weekly rollup included."""
+    assert report.diff is not None
+    assert report.diff.table("focus_user_weekly").shadow_rows > 0
+    assert all(t.clean for t in report.diff.tables), describe(report)
+
+
+async def verify_db(url: str, topic: str, bootstrap: str) -> VerifyReport:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await verify(conn, topic=topic, log_ends=await log_ends(bootstrap, topic))
+
+
+@pytest.mark.parametrize("live_is", ["caught up", "behind"])
+async def test_replay_while_events_arrive_and_readers_read_equals_a_clean_single_pass(
+    kafka_bootstrap, postgres_url, fresh_database, fresh_topics, live_is
+):
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    topic = fresh_topics.events
+    events = list(stream(16_000, users=60, seed=11))
+    reads, errors = [0], []
+    swapped = asyncio.Event()
+    sent = {"during": 0, "after": 0}
+
+    async def keep_publishing(rest: list) -> None:
+        for i in range(0, len(rest), 100):
+            await publish(kafka_bootstrap, topic, rest[i:i + 100])
+            sent["after" if swapped.is_set() else "during"] += len(rest[i:i + 100])
+            if sent["after"] >= 1500:
+                return
+            await asyncio.sleep(0.03)
+
+    async def keep_reading(stop: asyncio.Event) -> None:
+        async with await psycopg.AsyncConnection.connect(fresh_database, autocommit=True) as c:
+            while not stop.is_set():
+                try:
+                    await c.execute("SELECT count(*), sum(interruptions) FROM focus_sessions")
+                    await c.execute("SELECT * FROM focus_user_stats WHERE user_id = 'user-7'")
+                    await c.execute("SELECT max(next_offset) FROM projector_positions")
+                    reads[0] += 1
+                except psycopg.Error as exc:  # every failed read is a broken promise
+                    errors.append(exc)
+                await asyncio.sleep(0.002)
+
+    async with running_projector(s) as projector:
+        await publish(kafka_bootstrap, topic, events[:6000])
+        if live_is == "caught up":  # else the shadow overtakes it: fenced, then it re-reads
+            await caught_up(kafka_bootstrap, fresh_database, topic)
+        stop_reading = asyncio.Event()
+        reader = asyncio.create_task(keep_reading(stop_reading))
+        publisher = asyncio.create_task(keep_publishing(events[6000:]))
+        report = await replayer(kafka_bootstrap, fresh_database, topic).run()
+        swapped.set()
+        await publisher  # the live projector goes on after the swap
+        await caught_up(kafka_bootstrap, fresh_database, topic)
+        stop_reading.set()
+        await reader
+        fenced = projector.stats.fenced
+    assert report.swapped
+    assert sent["during"] > 0, sent
+    assert sent["after"] >= 1500, sent
+    assert errors == []
+    assert reads[0] > 10
+    print(f"live {live_is}: lag {report.live_lag}, caught up {report.caught_up}, fenced"
+          f" {fenced} time(s), {reads[0]} reads")
+
+    clean = create_database(postgres_url)
+    try:
+        ref = settings_for(kafka_bootstrap, clean, fresh_topics,
+                           focus_consumer_group=f"clean-{topic}")
+        async with running_projector(ref):
+            await caught_up(kafka_bootstrap, clean, topic)
+        assert snapshot(fresh_database) == snapshot(clean)
+        assert positions(fresh_database, topic) == positions(clean, topic)
+        checked = await verify_db(fresh_database, topic, kafka_bootstrap)
+        failing = [p for p in checked.problems if p.count]
+        assert failing == []
+    finally:
+        drop_database(postgres_url, clean)
+
+
+async def test_mixed_v1_and_v2_ends_project_the_same_live_and_on_replay(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    a = ev.started("mia", T0, time_zone="Europe/Paris")
+    b = ev.started("mia", minutes(60))
+    c = ev.started("noa", minutes(5))
+    log = [
+        a, ev.ended_v1("mia", a.data.session_id, minutes(20), completed=True, interruptions=2),
+        # two ends for one session, v1 then v2: the earliest ended_at wins whatever the version
+        b, ev.ended("mia", b.data.session_id, minutes(90), completed=True, focus_quality=4),
+        ev.ended_v1("mia", b.data.session_id, minutes(85), completed=False),
+        # a v2 end arriving before its start (held), then a late v1 duplicate-by-content
+        ev.ended("noa", c.data.session_id, minutes(30), outcome="cancelled"), c,
+        ev.ended_v1("noa", c.data.session_id, minutes(31), completed=True),
+    ]
+    async with running_projector(s):
+        await publish(kafka_bootstrap, fresh_topics.events, log)
+        await caught_up(kafka_bootstrap, fresh_database, fresh_topics.events)
+    live = snapshot(fresh_database)
+    outcomes = {r[0]: (r[10], r[7]) for r in live["focus_sessions"]}
+    assert outcomes == {a.data.session_id: ("completed", 2), b.data.session_id: ("abandoned", 0),
+                        c.data.session_id: ("cancelled", 0)}
+
+    report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run()
+    check_weekly_only_new(report)
+    assert snapshot(fresh_database) == live
+
+
+class SignalsSwap:
+    """Progress that tells the test when the swap begins."""
+
+    def __init__(self) -> None:
+        self.swapping = asyncio.Event()
+
+    def phase(self, text: str) -> None:
+        if text.startswith("swapping"):
+            self.swapping.set()
+
+    def bulk_started(self, ends) -> None:
+        return None
+
+    def bulk_advanced(self, offsets) -> None:
+        return None
+
+
+async def test_the_swap_backs_off_instead_of_deadlocking_with_a_reader(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    async with running_projector(s):
+        await publish(kafka_bootstrap, fresh_topics.events, stream(500, users=5))
+        await caught_up(kafka_bootstrap, fresh_database, fresh_topics.events)
+    live = snapshot(fresh_database)
+    progress = SignalsSwap()
+    replay = Replayer(options(kafka_bootstrap, fresh_database, fresh_topics.events), migrate,
+                      progress)
+    task = asyncio.create_task(replay.run())
+
+    # A reader's transaction holds focus_user_stats when the swap starts locking, then reads
+    # session_events, which the swap has locked already: a lock cycle. The swap must be the one
+    # that gives way (lock_timeout < deadlock_timeout); the reader must never see an error.
+    async with await psycopg.AsyncConnection.connect(fresh_database) as reader:
+        await reader.execute("SELECT count(*) FROM focus_user_stats")
+        await asyncio.wait_for(progress.swapping.wait(), 60)
+        await asyncio.sleep(0.1)
+        (count,) = await (await reader.execute("SELECT count(*) FROM session_events")).fetchone()
+        assert count == len(live["session_events"])
+        await asyncio.sleep(0.5)  # hold on a little longer: the swap keeps backing off
+        await reader.commit()
+    report = await task
+    assert report.swapped
+    assert report.swap_attempts > 1
+    assert snapshot(fresh_database) == live
