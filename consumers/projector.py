@@ -46,11 +46,22 @@ class Stats:
     partitions: set[int] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class Span:
+    """What one batch holds of one partition."""
+
+    partition: int
+    count: int = 0
+    last_offset: int = -1
+    last_event_time: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     located: list[Located]
     letters: list[DeadLetter]
-    advances: list[Advance]
+    spans: list[Span]
+    count: int
 
 
 class Projector:
@@ -83,6 +94,8 @@ class Projector:
         self.expected: dict[int, int] = {}
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._stopping = asyncio.Event()
+        #: Bumped on every seek: batches fetched before it are stale.
+        self._generation = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -91,37 +104,65 @@ class Projector:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`; every batch is applied exactly once or not at all."""
+        """Consume until :meth:`stop`; every batch is applied exactly once or not at all.
+
+        Two stages: a fetcher polls and decodes the next batch while the current one is being
+        written, so Python's decoding overlaps PostgreSQL's work. A batch fetched before a seek
+        (rebalance, fence) carries an old generation and is dropped unapplied.
+        """
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
+        ready: asyncio.Queue[tuple[int, Decoded]] = asyncio.Queue(maxsize=1)
+        fetcher = asyncio.create_task(self._fetch(ready))
+        stop = asyncio.create_task(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                records = await self.consumer.getmany(
-                    timeout_ms=self.wait_ms, max_records=self.max_records
-                )
-                batch = [r for tp, rs in records.items() if tp.partition in self.expected
-                         for r in rs]
-                if batch:
-                    await self.project(batch)
+                take = asyncio.create_task(ready.get())
+                done, _ = await asyncio.wait({take, stop, fetcher},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if take not in done:
+                    take.cancel()
+                    if fetcher in done:
+                        fetcher.result()  # re-raise what stopped the fetcher
+                    break
+                generation, decoded = take.result()
+                if generation == self._generation:
+                    await self.project(decoded)
         finally:
+            for task in (fetcher, stop):
+                task.cancel()
+            await asyncio.gather(fetcher, stop, return_exceptions=True)
             await self._close_connection()
+
+    async def _fetch(self, ready: asyncio.Queue[tuple[int, Decoded]]) -> None:
+        while True:
+            records = await self.consumer.getmany(
+                timeout_ms=self.wait_ms, max_records=self.max_records
+            )
+            generation = self._generation
+            batch = [r for tp, rs in records.items() if tp.partition in self.expected
+                     for r in rs]
+            if batch:
+                await ready.put((generation, self._decode(batch)))
 
     # -- one batch -----------------------------------------------------------------------
 
-    async def project(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Apply one fetched batch: retried with backoff until it commits or is fenced."""
-        decoded = self._decode(records)
+    async def project(self, decoded: Decoded) -> None:
+        """Apply one decoded batch: retried with backoff until it commits or is fenced."""
+        if any(s.partition not in self.expected for s in decoded.spans):
+            return  # revoked since the fetch (the generation check normally catches this)
+        advances = [Advance(s.partition, self.expected[s.partition], s.last_offset + 1,
+                            s.last_event_time) for s in decoded.spans]
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("batch %s", [(a.partition, a.expected, a.next_offset)
-                                   for a in decoded.advances])
+            log.debug("batch %s", [(a.partition, a.expected, a.next_offset) for a in advances])
         attempt = 0
         while True:
             try:
-                await self._apply(decoded)
+                await self._apply(decoded, advances)
                 break
             except Fenced as exc:
                 self.stats.fenced += 1
                 log.warning("batch dropped: %s", exc)
-                await self._resync([a.partition for a in decoded.advances])
+                await self._resync([a.partition for a in advances])
                 return
             except (psycopg.OperationalError, KafkaError, OSError) as exc:
                 attempt += 1
@@ -132,19 +173,23 @@ class Projector:
                             type(exc).__name__, exc, attempt, delay)
                 if await self._sleep_or_stop(delay):
                     raise
-        for adv in decoded.advances:
+        for adv in advances:
             self.expected[adv.partition] = adv.next_offset
         self.stats.batches += 1
-        self.stats.events += len(records)
+        self.stats.events += decoded.count
         self.stats.last_batch_at = time.monotonic()
-        await self._commit_kafka_offsets(decoded.advances)
+        await self._commit_kafka_offsets(advances)
 
     def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Decoded:
         located: list[Located] = []
         letters: list[DeadLetter] = []
-        last: dict[int, tuple[int, datetime | None]] = {}
+        spans: dict[int, Span] = {}
         for rec in records:
-            event_time = last.get(rec.partition, (0, None))[1]
+            span = spans.get(rec.partition)
+            if span is None:
+                span = spans[rec.partition] = Span(rec.partition)
+            span.count += 1
+            span.last_offset = rec.offset
             try:
                 event = decode(rec.value)
                 if rec.key is not None and rec.key != event.data.user_id.encode():
@@ -158,14 +203,11 @@ class Projector:
                 ))
             else:
                 located.append(Located(event, rec.partition, rec.offset, rec.value))
-                event_time = event.time if event_time is None else max(event_time, event.time)
-            last[rec.partition] = (rec.offset, event_time)
-        advances = [
-            Advance(p, self.expected[p], offset + 1, when) for p, (offset, when) in last.items()
-        ]
-        return Decoded(located, letters, advances)
+                if span.last_event_time is None or event.time > span.last_event_time:
+                    span.last_event_time = event.time
+        return Decoded(located, letters, list(spans.values()), len(records))
 
-    async def _apply(self, decoded: Decoded) -> None:
+    async def _apply(self, decoded: Decoded, advances: Sequence[Advance]) -> None:
         conn = await self._connection()
         async with conn.transaction():
             sessions = list({item.event.data.session_id for item in decoded.located})
@@ -177,7 +219,7 @@ class Projector:
             # Dead letters are acknowledged before the positions commit: a crash in between
             # repeats them (at-least-once, each carries its origin), it never loses one.
             await self._publish(letters)
-            await self.repository.write(conn, self.topic, result, decoded.advances)
+            await self.repository.write(conn, self.topic, result, advances)
         self.stats.duplicates += result.duplicates
         self.stats.dead_letters += len(letters)
 
@@ -210,12 +252,14 @@ class Projector:
         for p, offset in stored.items():
             self.consumer.seek(TopicPartition(self.topic, p), offset)
             self.expected[p] = offset
+        self._generation += 1
         self.stats.partitions = set(self.expected)
         log.info("assigned %s at %s", sorted(partitions), stored)
 
     def on_revoked(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             self.expected.pop(p, None)
+        self._generation += 1
         self.stats.partitions = set(self.expected)
 
     async def _resync(self, partitions: Sequence[int]) -> None:

@@ -9,8 +9,10 @@ get a new version plus an upcaster (see :mod:`contracts.upcasting`).
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Literal
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -40,11 +42,8 @@ UserId = Annotated[
 Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
-def _known_zone(value: str | None) -> str | None:
-    if value is None:
-        return None
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
+@lru_cache(maxsize=4096)  # on the hot path of every start event; zones are few
+def _known_zone(value: str) -> str:
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
