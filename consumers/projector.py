@@ -148,8 +148,6 @@ class Projector:
 
     async def project(self, decoded: Decoded) -> None:
         """Apply one decoded batch: retried with backoff until it commits or is fenced."""
-        if any(s.partition not in self.expected for s in decoded.spans):
-            return  # revoked since the fetch (the generation check normally catches this)
         advances = [Advance(s.partition, self.expected[s.partition], s.last_offset + 1,
                             s.last_event_time) for s in decoded.spans]
         if log.isEnabledFor(logging.DEBUG):
@@ -172,7 +170,9 @@ class Projector:
                 log.warning("batch failed (%s: %s); retry %d in %.1fs",
                             type(exc).__name__, exc, attempt, delay)
                 if await self._sleep_or_stop(delay):
-                    raise
+                    log.warning("stopping with an uncommitted batch: it will be projected "
+                                "again from the stored positions")
+                    return
         for adv in advances:
             self.expected[adv.partition] = adv.next_offset
         self.stats.batches += 1
@@ -248,7 +248,8 @@ class Projector:
                 await self._close_connection()
                 delay = self.backoff.delay(attempt)
                 log.warning("cannot read positions (%s); retry in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                if await self._sleep_or_stop(delay):
+                    return  # not seeking means not owning: nothing will be applied
         for p, offset in stored.items():
             self.consumer.seek(TopicPartition(self.topic, p), offset)
             self.expected[p] = offset

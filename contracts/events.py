@@ -3,14 +3,13 @@
 Other services code against the ``type`` names and ``data`` fields defined here; the JSON Schemas
 exported by :mod:`contracts.schema` are generated from these classes, so this module *is* the
 contract. Types are versioned in their name: additive changes keep the version, breaking changes
-get a new version plus an upcaster (see :mod:`contracts.upcasting`).
+get a new version plus an upcaster (:func:`contracts.codec.upcast`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,10 +22,10 @@ from pydantic import (
     StringConstraints,
 )
 
-STARTED_V1 = "focus.session.started.v1"
-INTERRUPTED_V1 = "focus.session.interrupted.v1"
-ENDED_V1 = "focus.session.ended.v1"
-ENDED_V2 = "focus.session.ended.v2"
+STARTED_V1: Final = "focus.session.started.v1"
+INTERRUPTED_V1: Final = "focus.session.interrupted.v1"
+ENDED_V1: Final = "focus.session.ended.v1"
+ENDED_V2: Final = "focus.session.ended.v2"
 
 #: Planned Pomodoro length bounds from the original spec (BE-03).
 MIN_PLANNED_MINUTES = 5
@@ -166,11 +165,3 @@ WIRE_TYPES: dict[str, type[CloudEvent]] = {
 #: What the projection sees: the newest version of each type.
 Event = StartedEvent | InterruptedEvent | EndedEvent
 
-
-def occurred_at(event: Event) -> datetime:
-    """When the fact happened in the user's world (not when it was emitted)."""
-    if isinstance(event, StartedEvent):
-        return event.data.started_at
-    if isinstance(event, InterruptedEvent):
-        return event.data.interrupted_at
-    return event.data.ended_at

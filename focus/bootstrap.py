@@ -38,14 +38,15 @@ def producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
 
 def build_projector(settings: ProjectorSettings, schema: str = "public") -> Projector:
     """A projector wired to the settings' broker and database (not started)."""
-    assert settings.kafka_bootstrap_servers and settings.database_url, "resolve servers first"
-    url = settings.database_url
+    url, kafka = settings.database_url, settings.kafka_bootstrap_servers
+    if not (url and kafka):
+        raise ValueError("build_projector needs resolved settings (focus.servers.resolved)")
 
     async def connect() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=5)
 
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        bootstrap_servers=kafka,
         group_id=settings.focus_consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -58,7 +59,7 @@ def build_projector(settings: ProjectorSettings, schema: str = "public") -> Proj
     )
     return Projector(
         consumer=consumer,
-        producer=producer(settings.kafka_bootstrap_servers),
+        producer=producer(kafka),
         connect=connect,
         repository=ProjectionRepository(schema),
         topic=settings.focus_events_topic,

@@ -43,7 +43,7 @@ class DevStack:
     settings: CommonSettings
     api_port: int = 8000
     kafka_port: int | None = None
-    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     bootstrap: str = ""
     database_url: str = ""
     token: str = ""
@@ -63,23 +63,30 @@ class DevStack:
         logs.mkdir(exist_ok=True)
         for name in ("project", "api"):
             log = (logs / f"{name}.log").open("ab")
-            self.children.append(subprocess.Popen(  # noqa: S603 - our own CLI
+            self.children[name] = subprocess.Popen(  # noqa: S603 - our own CLI
                 [sys.executable, "-m", "focus.cli", name], env=env, stdout=log,
-                stderr=subprocess.STDOUT))
+                stderr=subprocess.STDOUT)
         self._wait_for_api()
         self._wait_for_projector()
 
     def stop(self) -> None:
-        for child in self.children:
+        for child in self.children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in self.children:
+        for child in self.children.values():
             try:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
         clear_state(self.settings)
         self._servers.close()
+
+    def check_children(self) -> None:
+        """Raise if a child process has died (the stack is no longer whole)."""
+        for name, child in self.children.items():
+            if child.poll() is not None:
+                raise RuntimeError(f"`focus {name}` exited with {child.returncode}; "
+                                   f"see {self.settings.focus_data_dir}/logs/{name}.log")
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -119,10 +126,7 @@ class DevStack:
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.api_port}/healthz"
         while time.monotonic() < deadline:
-            for child in self.children:
-                if child.poll() is not None:
-                    raise RuntimeError(f"`focus {child.args[-1]}` exited with {child.returncode}; "
-                                       f"see {self.settings.focus_data_dir}/logs/")
+            self.check_children()
             try:
                 if httpx.get(url, timeout=1).status_code < 500:
                     return
@@ -187,10 +191,7 @@ def run(settings: CommonSettings, api_port: int) -> None:
         stack.start()
         print(banner(stack), flush=True)
         while not stopping.is_set():
-            for child in stack.children:
-                if child.poll() is not None:
-                    raise RuntimeError(f"`focus {child.args[-1]}` exited with "
-                                       f"{child.returncode}; see {settings.focus_data_dir}/logs/")
+            stack.check_children()
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

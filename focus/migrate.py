@@ -64,12 +64,9 @@ def migrate(url: str, schema: str = "public") -> list[Migration]:
                     " checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
                 ).format(history)
             )
-            done = {
-                v: c
-                for v, c in conn.execute(
-                    sql.SQL("SELECT version, checksum FROM {}").format(history)
-                ).fetchall()
-            }
+            done: dict[int, str] = dict(
+                conn.execute(sql.SQL("SELECT version, checksum FROM {}").format(history)).fetchall()
+            )
             for migration in available():
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:

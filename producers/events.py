@@ -79,7 +79,7 @@ def ended(
         id=event_id or uuid4(), source=source, time=time or ended_at, subject=str(session_id),
         data=SessionEndedV2(
             session_id=session_id, user_id=user_id, ended_at=ended_at,
-            outcome=outcome or ("completed" if completed else "abandoned"),  # type: ignore[arg-type]
+            outcome=outcome or ("completed" if completed else "abandoned"),
             reported_interruptions=reported_interruptions, focus_quality=focus_quality,
         ),
     )

@@ -15,6 +15,8 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
+from projections.fold import SessionRow
+
 SESSION_FIELDS = (
     "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",
     "completed", "interruptions", "created_at", "focus_seconds", "outcome", "focus_quality",
@@ -44,25 +46,8 @@ class Freshness:
     positions: list[Position]
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    session_id: UUID
-    user_id: str
-    step_id: UUID | None
-    started_at: datetime
-    ended_at: datetime | None
-    duration_minutes: int
-    completed: bool
-    interruptions: int
-    created_at: datetime
-    focus_seconds: Decimal | None
-    outcome: str | None
-    focus_quality: int | None
-    interruption_events: int
-    reported_interruptions: int | None
-    time_zone: str | None
-    start_event_id: UUID
-    end_event_id: UUID | None
+#: A ``focus_sessions`` row as read back: the very tuple the fold writes.
+SessionRecord = SessionRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +215,7 @@ def _render(template: str, **parts: sql.Composable) -> bytes:
 
 
 def _session(row: Any) -> SessionRecord:
-    return SessionRecord(*row[3:])
+    return SessionRow(*row[3:])
 
 
 def _freshness(row: Any) -> Freshness:

@@ -52,9 +52,3 @@ class UserDelta:
         self.planned_minutes += sign * row.duration_minutes
         self.interruptions += sign * row.interruptions
 
-
-def delta(old: SessionRow | None, new: SessionRow) -> UserDelta:
-    """How one session's change moves its user's rollup."""
-    d = UserDelta()
-    d.add(old, new)
-    return d

@@ -115,10 +115,8 @@ async def test_two_projectors_share_partitions_and_one_takes_over_when_the_other
 
 
 async def test_postgres_away_for_seconds_mid_run_is_waited_out(
-    kafka_bootstrap, postgres_url, fresh_database, fresh_topics, tmp_db_factory, postgres_proxy,
-    caplog
+    kafka_bootstrap, fresh_database, fresh_topics, tmp_db_factory, postgres_proxy
 ):
-    import logging; caplog.set_level(logging.DEBUG, logger="consumers")
     host, port = postgres_proxy.address.rsplit(":", 1)
     via_proxy = through_proxy(fresh_database, host, int(port))
     s = settings_for(kafka_bootstrap, via_proxy, fresh_topics, focus_batch_max_records=500)
@@ -136,4 +134,44 @@ async def test_postgres_away_for_seconds_mid_run_is_waited_out(
                                          tmp_db_factory)
     diff = snapshot_diff(snapshot(fresh_database), reference)
     assert diff == {}, stats
+    assert rollup_mismatches(fresh_database) == []
+
+
+async def test_a_projector_starting_while_postgres_is_away_waits_for_it(
+    kafka_bootstrap, fresh_database, fresh_topics, postgres_proxy
+):
+    from focus.migrate import migrate
+
+    migrate(fresh_database)
+    host, port = postgres_proxy.address.rsplit(":", 1)
+    s = settings_for(kafka_bootstrap, through_proxy(fresh_database, host, int(port)),
+                     fresh_topics)
+    sent = await publish(kafka_bootstrap, fresh_topics.events, stream(500, seed=8))
+    postgres_proxy.pause()  # the projector cannot read its positions on assignment ...
+    async with running_projector(s, migrate_first=False) as projector:
+        await asyncio.sleep(5)
+        assert projector.stats.batches == 0 and projector.expected == {}
+        postgres_proxy.resume()  # ... until PostgreSQL is back
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+    assert rollup_mismatches(fresh_database) == []
+
+
+async def test_stopping_during_a_retry_leaves_the_batch_for_later_and_exits_cleanly(
+    kafka_bootstrap, fresh_database, fresh_topics, postgres_proxy
+):
+    host, port = postgres_proxy.address.rsplit(":", 1)
+    s = settings_for(kafka_bootstrap, through_proxy(fresh_database, host, int(port)),
+                     fresh_topics)
+    async with running_projector(s) as projector:
+        while not projector.expected:
+            await asyncio.sleep(0.05)
+        postgres_proxy.pause()
+        sent = await publish(kafka_bootstrap, fresh_topics.events, stream(300, seed=9))
+        while projector.stats.retries < 2:
+            await asyncio.sleep(0.05)
+        # leaving the block stops the projector mid-backoff: it must return, not raise
+    postgres_proxy.resume()
+    assert sum(positions(fresh_database, fresh_topics.events).values()) == 0
+    async with running_projector(s):  # a later run projects the batch
+        await wait_caught_up(fresh_database, fresh_topics, sent)
     assert rollup_mismatches(fresh_database) == []

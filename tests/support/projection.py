@@ -92,10 +92,13 @@ async def wait_caught_up(
 
 
 @contextlib.asynccontextmanager
-async def running_projector(settings: ProjectorSettings) -> AsyncIterator[Projector]:
-    """A projector running in this event loop (migrations applied first)."""
+async def running_projector(
+    settings: ProjectorSettings, *, migrate_first: bool = True
+) -> AsyncIterator[Projector]:
+    """A projector running in this event loop (migrations applied first, unless told not to)."""
     assert settings.database_url is not None
-    migrate(settings.database_url)
+    if migrate_first:
+        migrate(settings.database_url)
     projector = build_projector(settings)
     await projector.producer.start()
     await projector.consumer.start()
@@ -192,7 +195,7 @@ class ProjectorProcess:
         )
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+        self.process = subprocess.Popen(
             [sys.executable, "-m", "focus.cli", "project"],
             env=env,
             stdout=self._log,
