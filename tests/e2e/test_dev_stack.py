@@ -24,7 +24,7 @@ def dev_stack(tmp_path):
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "FOCUS_JWT_SECRET"):
         env.pop(name, None)  # the embedded default, as on a fresh machine
     out = (tmp_path / "dev.out").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "focus.cli", "dev"], env=env,  # noqa: S603
+    proc = subprocess.Popen([sys.executable, "-m", "focus.cli", "dev"], env=env,
                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 120
     token = None
