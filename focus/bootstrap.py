@@ -6,6 +6,7 @@ Nothing connects at import time; tests pass overrides instead of patching module
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -79,11 +80,20 @@ def stop_on_signals() -> asyncio.Event:
     return stopping
 
 
+#: Cyclic-GC thresholds for projector processes. A batch in flight keeps ~10 tracked objects
+#: per event alive (models, UUIDs, datetimes), so with the defaults every batch survived into
+#: generation 2 and triggered a full collection: a third of the projector's time in the
+#: benchmark. Nothing the fold builds is cyclic; reference counting frees it either way.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
 async def run_projector(projector: Projector, stopping: asyncio.Event) -> None:
     """Run until ``stopping`` is set; the batch in hand is finished and committed first, and
     the consumer leaves its group, so the partitions move on at once."""
     if stopping.is_set():
         return
+    gc.freeze()  # what start-up built (modules, settings) is never garbage
+    gc.set_threshold(*GC_THRESHOLDS)
     relay = asyncio.create_task(stopping.wait())
     relay.add_done_callback(lambda _: projector.stop())
     await projector.producer.start()
