@@ -24,7 +24,9 @@ def _settings() -> ApiSettings:
         return ApiSettings()
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            typer.echo(f"error: {error['msg'].removeprefix('Value error, ')}", err=True)
+            field = ".".join(str(part) for part in error["loc"]).upper()
+            where = f"{field}: " if field else ""
+            typer.echo(f"error: {where}{error['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -2,7 +2,7 @@
 
 Explicit settings (``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``) always win. Without them, a
 command uses the embedded stack that ``focus dev`` is running: ``focus dev`` writes the
-addresses of its broker and PostgreSQL to ``FOCUS_DATA_DIR/dev.env`` and removes the file when it
+addresses of its broker and PostgreSQL to ``FOCUS_DATA_DIR/dev.json`` and removes the file when it
 stops. Without either, the command stops with a message that says what to set.
 """
 
@@ -45,20 +45,21 @@ def _running_dev_stack(settings: CommonSettings) -> dict[str, str] | None:
     try:
         state = json.loads(path.read_text())
         os.kill(int(state["pid"]), 0)  # is the `focus dev` that wrote it still alive?
-    except (OSError, ValueError, KeyError):
+        return {k: str(state[k]) for k in ("kafka_bootstrap_servers", "database_url")}
+    except (OSError, ValueError, KeyError, TypeError):  # gone, unreadable or not ours
         return None
-    return {k: str(state[k]) for k in ("kafka_bootstrap_servers", "database_url")}
 
 
-def resolved(settings: S) -> S:
-    """Settings with both servers set, from the environment or a running ``focus dev``."""
-    if settings.kafka_bootstrap_servers and settings.database_url:
+BOTH = ("kafka_bootstrap_servers", "database_url")
+
+
+def resolved(settings: S, needs: tuple[str, ...] = BOTH) -> S:
+    """Settings with the servers in ``needs`` set, from the environment or a running
+    ``focus dev``."""
+    if all(getattr(settings, k) for k in needs):
         return settings
     stack = _running_dev_stack(settings) or {}
-    updates = {
-        k: getattr(settings, k) or stack.get(k)
-        for k in ("kafka_bootstrap_servers", "database_url")
-    }
+    updates = {k: getattr(settings, k) or stack.get(k) for k in needs}
     missing = [k.upper() for k, v in updates.items() if not v]
     if missing:
         raise ServersNotConfigured(
@@ -72,6 +73,7 @@ def resolved(settings: S) -> S:
 
 
 def database_url(settings: CommonSettings) -> str:
-    url = resolved(settings).database_url
+    """The database only (``focus migrate`` and friends need no broker)."""
+    url = resolved(settings, needs=("database_url",)).database_url
     assert url is not None
     return url

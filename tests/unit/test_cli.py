@@ -1,0 +1,179 @@
+"""``focus token``, and how ``focus`` commands refuse settings they cannot work with."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from typer.testing import CliRunner, Result
+
+from focus.api.auth import ANALYTICS, SCOPES, SELF, WRITE, TokenVerifier
+from focus.api.settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH
+from focus.cli import app
+from focus.servers import ServersNotConfigured
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only what a test sets: the shell running the suite may export real settings."""
+    for name in list(os.environ):
+        if name.startswith("FOCUS_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FOCUS_DATA_DIR", str(tmp_path))  # no `focus dev` stack in there
+
+
+def focus(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def claims(token: str, secret: str, audience: str = "focus-sessions") -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(
+        token, secret, algorithms=["HS256"], audience=audience,
+        options={"require": ["exp", "sub", "aud", "iat"]},
+    )
+    return decoded
+
+
+# --- focus token ------------------------------------------------------------------------------
+
+
+def test_token_is_signed_with_the_configured_secret_and_carries_the_scopes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = secrets.token_urlsafe(48)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", secret)
+    before = int(time.time())
+    result = focus("token", "timer-service", "-s", WRITE, "--scope", ANALYTICS, "--days", "2")
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+
+    found = claims(token, secret)
+    assert found["sub"] == "timer-service"
+    assert set(str(found["scope"]).split()) == {WRITE, ANALYTICS}
+    assert found["exp"] - found["iat"] == 2 * 86_400
+    assert before <= found["iat"] <= int(time.time())
+    with pytest.raises(jwt.InvalidSignatureError):
+        claims(token, secrets.token_urlsafe(48))
+
+
+def test_token_is_accepted_by_the_api_verifier_with_its_scopes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = secrets.token_urlsafe(48)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", secret)
+    monkeypatch.setenv("FOCUS_JWT_AUDIENCE", "focus-staging")
+    result = focus("token", "timer-service", "-s", WRITE)
+    assert result.exit_code == 0, result.output
+
+    principal = TokenVerifier(secret, "focus-staging").verify(result.stdout.strip())
+    assert principal.subject == "timer-service"
+    assert principal.may_write("any-user")
+    assert not principal.may_read("any-user")
+    with pytest.raises(jwt.InvalidAudienceError):
+        TokenVerifier(secret, "focus-sessions").verify(result.stdout.strip())
+
+
+def test_token_without_scopes_is_a_users_own_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = secrets.token_urlsafe(48)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", secret)
+    result = focus("token", "ada")
+    assert result.exit_code == 0, result.output
+
+    found = claims(result.stdout.strip(), secret)
+    assert found["scope"] == SELF
+    assert found["exp"] - found["iat"] == 30 * 86_400
+    principal = TokenVerifier(secret, "focus-sessions").verify(result.stdout.strip())
+    assert principal.may_read("ada") and principal.may_write("ada")
+    assert not principal.may_read("grace")
+
+
+def test_token_in_dev_mode_without_a_secret_uses_the_development_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FOCUS_DEV_MODE", "1")
+    result = focus("token", "dev-user", "-s", SELF)
+    assert result.exit_code == 0, result.output
+    assert claims(result.stdout.strip(), DEV_JWT_SECRET)["sub"] == "dev-user"
+
+
+def test_token_with_an_unknown_scope_exits_2_and_lists_the_known_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FOCUS_JWT_SECRET", secrets.token_urlsafe(48))
+    result = focus("token", "ada", "-s", SELF, "-s", "sessions:admin")
+    assert result.exit_code == 2
+    assert result.stdout == ""  # no token at all, not a token missing a scope
+    assert "unknown scope(s) ['sessions:admin']" in result.stderr
+    for known in SCOPES:
+        assert known in result.stderr
+
+
+# --- settings refused at start-up (focus token, focus api) ------------------------------------
+
+
+@pytest.mark.parametrize("command", [["token", "ada"], ["api"]])
+def test_a_missing_jwt_secret_stops_the_command_with_what_to_do(
+    command: list[str],
+) -> None:
+    result = focus(*command)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: FOCUS_JWT_SECRET is not set")
+    assert "secrets.token_urlsafe" in result.stderr
+    assert "FOCUS_DEV_MODE=1" in result.stderr
+
+
+def test_a_placeholder_jwt_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOCUS_JWT_SECRET", "changeme")
+    result = focus("token", "ada")
+    assert result.exit_code == 2
+    assert "error: FOCUS_JWT_SECRET is a placeholder ('changeme')" in result.stderr
+
+
+def test_a_short_jwt_secret_is_refused_with_the_required_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    short = secrets.token_hex(8)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", short)
+    result = focus("api")
+    assert result.exit_code == 2
+    assert f"has {len(short)} characters; at least {MIN_SECRET_LENGTH}" in result.stderr
+
+
+def test_a_pool_floor_above_its_ceiling_names_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FOCUS_DEV_MODE", "1")
+    monkeypatch.setenv("FOCUS_API_POOL_MIN", "9")
+    monkeypatch.setenv("FOCUS_API_POOL_MAX", "4")
+    result = focus("api")
+    assert result.exit_code == 2
+    assert "FOCUS_API_POOL_MIN (9) is larger than FOCUS_API_POOL_MAX (4)" in result.stderr
+
+
+def test_an_out_of_range_setting_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # README, Settings: processes "refuse to start with a message that says what to change".
+    monkeypatch.setenv("FOCUS_DEV_MODE", "1")
+    monkeypatch.setenv("FOCUS_API_PORT", "70000")
+    result = focus("api")
+    assert result.exit_code == 2
+    assert "65535" in result.stderr
+    assert "FOCUS_API_PORT" in result.stderr
+
+
+# --- commands that need servers ---------------------------------------------------------------
+
+
+def test_migrate_without_a_database_or_dev_stack_says_what_to_set(tmp_path: Path) -> None:
+    result = focus("migrate")
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ServersNotConfigured)
+    message = str(result.exception)
+    assert "DATABASE_URL" in message
+    assert str(tmp_path) in message
+    assert "`focus dev`" in message
