@@ -106,13 +106,23 @@ class DayBucket:
     interruptions: int
 
 
+@dataclass(frozen=True, slots=True)
+class WeekBucket:
+    """A row of ``focus_user_weekly``: ended sessions that started in the week."""
+
+    week_start: date
+    sessions_ended: int
+    sessions_completed: int
+    focus_seconds: Decimal
+
+
 class ReadQueries:
     """The API's reads, against the tables of one schema, for one topic's positions."""
 
     def __init__(self, topic: str, schema: str = "public") -> None:
         self.topic = topic
         t = {n: sql.Identifier(schema, n) for n in
-             ("focus_sessions", "focus_user_stats", "projector_positions")}
+             ("focus_sessions", "focus_user_stats", "focus_user_weekly", "projector_positions")}
         cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
                                   for c in SESSION_FIELDS)
         positions = _POSITIONS.format(t["projector_positions"])
@@ -144,6 +154,11 @@ class ReadQueries:
             " AND f.started_at < (d::date + 1)::timestamp AT TIME ZONE %(tz)s"
             " GROUP BY d ORDER BY d",
             sessions=t["focus_sessions"])
+        self._weeks = _render(
+            "SELECT week_start, sessions_ended, sessions_completed, focus_seconds FROM {weekly}"
+            " WHERE user_id = %(user)s AND week_start BETWEEN %(lo)s AND %(hi)s"
+            " ORDER BY week_start DESC",
+            weekly=t["focus_user_weekly"])
         self._zone = _render(
             "SELECT time_zone FROM {sessions} WHERE user_id = %(user)s"
             " AND time_zone IS NOT NULL ORDER BY started_at DESC LIMIT 1",
@@ -196,6 +211,14 @@ class ReadQueries:
         """Daily buckets ``lo..hi`` (inclusive) by each session's local start date in ``tz``."""
         cur = await conn.execute(self._days, {"user": user_id, "lo": lo, "hi": hi, "tz": tz})
         return [DayBucket(*r) for r in await cur.fetchall()]
+
+    async def weeks(
+        self, conn: AsyncConnection[Any], user_id: str, lo: date, hi: date
+    ) -> list[WeekBucket]:
+        """The weekly rollup of weeks starting ``lo..hi``, newest first; a week in which no
+        session ended has no row."""
+        cur = await conn.execute(self._weeks, {"user": user_id, "lo": lo, "hi": hi})
+        return [WeekBucket(*r) for r in await cur.fetchall()]
 
     async def latest_time_zone(self, conn: AsyncConnection[Any], user_id: str) -> str | None:
         """The time zone of the user's newest session that named one."""

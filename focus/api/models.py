@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from projections.queries import DayBucket, Freshness, SessionRecord, UserTotals
+from projections.queries import DayBucket, Freshness, SessionRecord, UserTotals, WeekBucket
 
 
 class PartitionPosition(BaseModel):
@@ -91,6 +91,24 @@ class AnalyticsOut(BaseModel):
     freshness: FreshnessOut
 
 
+class WeekOut(BaseModel):
+    week_start: date = Field(description="Monday of the week, in the user's time zone.")
+    sessions_ended: int
+    sessions_completed: int
+    focus_minutes: float
+    completion_rate: float | None = Field(description="completed / ended.")
+    avg_duration_minutes: float | None = Field(description="focus minutes / ended sessions.")
+
+
+class WeeklyOut(BaseModel):
+    """Weekly focus, from the ``focus_user_weekly`` rollup (added by migration 0002 and
+    backfilled by replay). Weeks without an ended session are omitted."""
+
+    user_id: str
+    weeks: list[WeekOut] = Field(description="Newest first.")
+    freshness: FreshnessOut
+
+
 class AcceptedOut(BaseModel):
     """The event is in the log but not yet projected: read ``location`` later."""
 
@@ -147,6 +165,16 @@ def analytics(user_id: str, t: UserTotals, f: Freshness,
         total_focus_minutes=total, interruptions_total=t.total_interruptions,
         interruptions_per_session=round(t.total_interruptions / started, 4) if started else None,
         last_session_at=t.last_session_at, daily=daily, freshness=freshness(f),
+    )
+
+
+def week(w: WeekBucket) -> WeekOut:
+    ended = w.sessions_ended
+    return WeekOut(
+        week_start=w.week_start, sessions_ended=ended, sessions_completed=w.sessions_completed,
+        focus_minutes=_minutes(w.focus_seconds),
+        completion_rate=w.sessions_completed / ended if ended else None,
+        avg_duration_minutes=_minutes(w.focus_seconds) / ended if ended else None,
     )
 
 

@@ -127,6 +127,26 @@ async def user_analytics(
     return json_response(models.analytics(user_id, totals, fresh, daily))
 
 
+@router.get("/users/{user_id}/weekly", response_model=models.WeeklyOut, responses=_AUTH,
+            openapi_extra=SECURED)
+async def user_weekly(
+    user_id: UserPath, request: Request,
+    weeks: Annotated[int, Query(ge=1, le=260, description="How many weeks back.")] = 12,
+) -> Response:
+    """Weekly focus minutes, completion and average duration per week (Monday-based, in the
+    time zone of each session's start), newest first, for the last `weeks` weeks. Needs
+    `sessions:self` (own user) or `analytics:read`."""
+    caller, svc = authenticate(request), _services(request)
+    check_read(caller, user_id)
+    hi = datetime.now(ZoneInfo("UTC")).date() + timedelta(days=7)  # zones east of UTC
+    lo = hi - timedelta(weeks=weeks)
+    async with svc.pool.connection() as conn:
+        found = await svc.queries.weeks(conn, user_id, lo, hi)
+        _, fresh = await svc.queries.totals(conn, user_id)
+    return json_response(models.WeeklyOut(user_id=user_id, weeks=[models.week(w) for w in found],
+                                          freshness=models.freshness(fresh)))
+
+
 def _range(lo: date | None, hi: date | None, zone: str) -> tuple[date, date]:
     try:
         span = timedelta(days=DEFAULT_DAYS - 1)

@@ -36,11 +36,12 @@ ROUTES = [
     ("GET", "/users/alice/sessions", None),
     ("GET", "/sessions/{sid}", None),
     ("GET", "/users/alice/analytics", None),
+    ("GET", "/users/alice/weekly", None),
     ("POST", "/sessions", {"user_id": "alice"}),
     ("PUT", "/sessions/{sid}", {"completed": False}),
     ("POST", "/sessions/{sid}/interruptions", {}),
 ]
-READS, WRITES = ROUTES[:3], ROUTES[3:]
+READS, WRITES = ROUTES[:4], ROUTES[4:]
 NOW = 2_000_000_000
 
 
