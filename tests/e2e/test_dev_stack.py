@@ -38,9 +38,13 @@ def dev_stack(tmp_path):
                           headers={"Authorization": f"Bearer {token}"})
     yield client, proc, tmp_path
     client.close()
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # SIGTERM lets `focus dev` stop its children and servers
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_start_interrupt_end_then_read_sessions_and_analytics_over_http(dev_stack):
