@@ -8,15 +8,19 @@ v1, half v2) to a fresh topic, replays them into empty shadow tables of a fresh 
 (``focus_bench_<hex>``) and prints events/s of the bulk phase and of the whole replay (diff and
 swap included); then runs the live projector (``focus.bootstrap.build_projector``) over the same
 topic into a second fresh database and prints its events/s next to it. Servers come from
-``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL).
+``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL); without them,
+an embedded broker and PostgreSQL are started for the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -33,7 +37,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 from consumers.replay import Replayer  # noqa: E402
 from consumers.replay_follow import ReplayOptions, log_end_offsets  # noqa: E402
 from contracts.codec import encode  # noqa: E402
-from focus.bootstrap import build_projector, producer  # noqa: E402
+from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
+from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from focus.migrate import migrate  # noqa: E402
 from focus.settings import ProjectorSettings  # noqa: E402
 from focus.topics import ensure_topics  # noqa: E402
@@ -107,30 +112,29 @@ async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def live_projector(bootstrap: str, url: str, topic: str, total: int) -> float:
-    """Seconds the live projector takes from start to caught up with the whole topic."""
+async def live_projector(bootstrap: str, url: str, topic: str) -> tuple[float, float]:
+    """The live projector, run as ``focus project`` runs it (``run_projector``): seconds from
+    its first commit to caught up with the whole topic, and the group-join time before it."""
     settings = ProjectorSettings(kafka_bootstrap_servers=bootstrap, database_url=url,
                                  focus_events_topic=topic, focus_dlq_topic=f"{topic}.dlq",
                                  focus_consumer_group=f"bench-{topic}")
     ends = await log_ends(bootstrap, topic)
-    projector = build_projector(settings)
-    await projector.producer.start()
-    await projector.consumer.start()
-    started = time.perf_counter()
-    task = asyncio.create_task(projector.run())
+    stopping = asyncio.Event()
+    started, first = time.perf_counter(), None
+    task = asyncio.create_task(run_projector(build_projector(settings), stopping))
     try:
         while True:
             done = positions(url, topic)
-            if all(done.get(p, 0) >= end for p, end in ends.items() if end):
-                return time.perf_counter() - started
+            if first is None and any(done.values()):
+                first = time.perf_counter()
+            if first is not None and all(done.get(p, 0) >= end for p, end in ends.items() if end):
+                return time.perf_counter() - first, first - started
             if task.done():
                 task.result()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
     finally:
-        projector.stop()
+        stopping.set()
         await task
-        await projector.consumer.stop()
-        await projector.producer.stop()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -160,9 +164,10 @@ async def main(args: argparse.Namespace) -> None:
             return
         live_db = create_database(args.database_url)
         migrate(live_db)
-        seconds = await live_projector(args.bootstrap, live_db, topic, report.events)
+        seconds, joining = await live_projector(args.bootstrap, live_db, topic)
         print(f"live projector: {report.events:,} events in {seconds:.2f} s ="
-              f" {report.events / seconds:,.0f} events/s")
+              f" {report.events / seconds:,.0f} events/s sustained (after {joining:.1f} s"
+              " joining its consumer group and committing a first batch)")
     finally:
         if not args.keep:
             drop_database(args.database_url, replay_db)
@@ -177,11 +182,17 @@ if __name__ == "__main__":
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    parser.add_argument("--database-url", default=os.environ.get(
-        "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--skip-live", action="store_true", help="only the replay")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     arguments = parser.parse_args()
-    if not arguments.bootstrap:
-        parser.error("give --bootstrap host:port or set KAFKA_BOOTSTRAP_SERVERS")
-    asyncio.run(main(arguments))
+    with contextlib.ExitStack() as servers:  # embedded broker/PostgreSQL unless given
+        work = Path(tempfile.mkdtemp(prefix="focus-replay-bench-"))
+        servers.callback(shutil.rmtree, work, ignore_errors=True)
+        if not arguments.bootstrap:
+            arguments.bootstrap = servers.enter_context(
+                EmbeddedKafka(work / "kafka")).bootstrap_servers
+        if not arguments.database_url:
+            arguments.database_url = servers.enter_context(
+                EmbeddedPostgres(work / "postgres", delete_on_stop=True)).url()
+        asyncio.run(main(arguments))
