@@ -13,6 +13,7 @@ endpoint, then drops the database (unless ``--keep``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ from focus.api import models as m  # noqa: E402
 from focus.api.auth import ANALYTICS, SECURED, authenticate  # noqa: E402
 from focus.api.deps import json_response  # noqa: E402
 from focus.api.reads import UserPath, check_read  # noqa: E402
-from focus.embedded import free_port  # noqa: E402
+from focus.embedded import EmbeddedPostgres, free_port  # noqa: E402
 from focus.migrate import migrate  # noqa: E402
 from projections.queries import UserTotals  # noqa: E402
 
@@ -161,8 +162,8 @@ def serve(url: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"),
+                        help="a PostgreSQL server URL; default: an embedded PostgreSQL")
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=20, help="per wrk run")
@@ -174,6 +175,16 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
+    with contextlib.ExitStack() as stack:
+        if not args.database_url:
+            work = Path(tempfile.mkdtemp(prefix="focus-api-bench-"))
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+            args.database_url = stack.enter_context(
+                EmbeddedPostgres(work / "postgres", delete_on_stop=True)).url()
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     name = f"focus_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
