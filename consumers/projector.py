@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from consumers.backoff import Backoff
 from consumers.dlq import DeadLetter, contradiction_letter, dead_letter
-from contracts.codec import PoisonEvent, decode
+from contracts.codec import PoisonEvent, decode_message
 from projections.batch import Located, plan
 from projections.repository import Advance, Fenced, ProjectionRepository
 
@@ -191,11 +191,7 @@ class Projector:
             span.count += 1
             span.last_offset = rec.offset
             try:
-                event = decode(rec.value)
-                if rec.key is not None and rec.key != event.data.user_id.encode():
-                    raise PoisonEvent(
-                        "key-mismatch", "the Kafka key must equal data.user_id (per-user order)"
-                    )
+                event = decode_message(rec.key, rec.value)
             except PoisonEvent as poison:
                 letters.append(dead_letter(
                     reason=poison.reason, detail=poison.detail, topic=rec.topic,

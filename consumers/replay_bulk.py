@@ -24,8 +24,7 @@ from uuid import UUID
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.codec import PoisonEvent, decode
-from contracts.events import Event
+from contracts.codec import PoisonEvent, decode_message
 from projections.replay import Placed, Rollups, ShadowState, build
 from projections.replay_sql import copy_statement
 from projections.repository import (
@@ -38,14 +37,6 @@ from projections.repository import (
 )
 
 PROGRESS_EVERY = 0.2  # seconds between progress messages to the coordinator
-
-
-def decode_record(key: bytes | None, value: bytes | None) -> Event:
-    """Decode one message exactly as the live projector accepts it (else raise PoisonEvent)."""
-    event = decode(value)
-    if key is not None and key != event.data.user_id.encode():
-        raise PoisonEvent("key-mismatch", "the Kafka key must equal data.user_id (per-user order)")
-    return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +121,7 @@ async def _consume(
                 if keys is not None and rec.key is not None and rec.key not in keys:
                     continue  # --users: a valid event's key is its user id
                 try:
-                    event = decode_record(rec.key, rec.value)
+                    event = decode_message(rec.key, rec.value)
                 except PoisonEvent:
                     result.dead_letters += 1
                     continue

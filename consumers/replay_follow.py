@@ -18,8 +18,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection
 
-from consumers.replay_bulk import decode_record
-from contracts.codec import PoisonEvent
+from contracts.codec import PoisonEvent, decode_message
 from projections import replay_sql
 from projections.batch import Located, plan
 from projections.repository import (
@@ -181,7 +180,7 @@ class Follower:
         users, newest = self.options.users, None
         for rec in records:
             try:
-                event = decode_record(rec.key, rec.value)
+                event = decode_message(rec.key, rec.value)
             except PoisonEvent:
                 continue
             newest = event.time if newest is None else max(newest, event.time)

@@ -70,6 +70,15 @@ def decode(raw: bytes | None) -> Event:
     return upcast(event)
 
 
+def decode_message(key: bytes | None, value: bytes | None) -> Event:
+    """Decode one Kafka message: the value as :func:`decode`, and the key (when present) must
+    be the event's ``user_id`` — per-user order depends on it."""
+    event = decode(value)
+    if key is not None and key != event.data.user_id.encode():
+        raise PoisonEvent("key-mismatch", "the Kafka key must equal data.user_id (per-user order)")
+    return event
+
+
 def _classify(exc: ValidationError) -> PoisonEvent:
     first = exc.errors(include_url=False)[0]
     kind = first["type"]

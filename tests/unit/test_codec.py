@@ -125,3 +125,14 @@ def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
     delays = [backoff.delay(n, rng) for n in range(1, 12)]
     assert 0.05 <= delays[0] <= 0.1
     assert all(1.0 <= d <= 2.0 for d in delays[6:])
+
+
+def test_a_message_must_be_keyed_by_its_user():
+    from contracts.codec import decode_message
+
+    start = ev.started("ada", T0)
+    assert decode_message(b"ada", encode(start)) == start
+    assert decode_message(None, encode(start)) == start  # unkeyed: nothing to contradict
+    with pytest.raises(PoisonEvent) as caught:
+        decode_message(b"bob", encode(start))
+    assert caught.value.reason == "key-mismatch"
