@@ -130,7 +130,7 @@ class DevStack:
         while time.monotonic() < deadline:
             self.check_children()
             try:
-                with urlopen(url, timeout=1) as answer:  # noqa: S310 - our own local URL
+                with urlopen(url, timeout=1) as answer:
                     if answer.status < 500:
                         return
             except (URLError, OSError):
