@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, sql
 from projections import weekly
 from projections.fold import History, SessionRow, derive
 from projections.repository import ProjectionRepository
-from projections.verify_sql import ROLLUP_MISMATCHES, table_exists
+from projections.verify_sql import rollup_check, table_exists
 
 CHUNK = 2000
 
@@ -83,9 +83,7 @@ async def verify(
 async def _rollups(conn: AsyncConnection[Any], schema: str, report: VerifyReport,
                    keep: int) -> None:
     problem = report.problem("focus_user_stats = recomputed from focus_sessions")
-    cur = await conn.execute(ROLLUP_MISMATCHES.format(
-        sessions=sql.Identifier(schema, "focus_sessions"),
-        stats=sql.Identifier(schema, "focus_user_stats")))
+    cur = await conn.execute(rollup_check(schema))
     for user, stored, recomputed in await cur.fetchall():
         problem.add(f"user {user!r}: stored {stored}, recomputed {recomputed}", keep)
     cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(

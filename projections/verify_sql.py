@@ -43,6 +43,13 @@ ORDER BY 1
 """)
 
 
+def rollup_check(schema: str) -> sql.Composed:
+    """The rollup check for the tables of ``schema``: one row per mismatching user
+    (user, stored, recomputed)."""
+    return ROLLUP_MISMATCHES.format(sessions=sql.Identifier(schema, "focus_sessions"),
+                                    stats=sql.Identifier(schema, "focus_user_stats"))
+
+
 async def table_exists(conn: AsyncConnection[Any], schema: str, table: str) -> bool:
     cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL",
                              (sql.Identifier(schema, table).as_string(conn),))

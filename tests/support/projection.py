@@ -22,6 +22,7 @@ from contracts.events import CloudEvent
 from focus.bootstrap import build_projector, producer
 from focus.migrate import migrate
 from focus.settings import ProjectorSettings
+from projections.verify_sql import rollup_check
 from tests.support.infra import TopicSet
 
 Message = CloudEvent | tuple[bytes | None, bytes | None]
@@ -145,32 +146,10 @@ def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:
         return {name: conn.execute(query.encode()).fetchall() for name, query in TABLES.items()}
 
 
-ROLLUP_MISMATCHES = """
-WITH recomputed AS (
-    SELECT user_id,
-           count(*) AS sessions_started,
-           count(ended_at) AS sessions_ended,
-           count(*) FILTER (WHERE ended_at IS NOT NULL AND completed) AS sessions_completed,
-           coalesce(sum(focus_seconds), 0) AS total_focus_seconds,
-           sum(duration_minutes) AS total_planned_minutes,
-           sum(interruptions) AS total_interruptions,
-           max(started_at) AS last_session_at
-    FROM focus_sessions GROUP BY user_id
-)
-SELECT coalesce(r.user_id, s.user_id) FROM recomputed r
-FULL JOIN focus_user_stats s USING (user_id)
-WHERE (r.sessions_started, r.sessions_ended, r.sessions_completed, r.total_focus_seconds,
-       r.total_planned_minutes, r.total_interruptions, r.last_session_at)
-      IS DISTINCT FROM
-      (s.sessions_started, s.sessions_ended, s.sessions_completed, s.total_focus_seconds,
-       s.total_planned_minutes, s.total_interruptions, s.last_session_at)
-"""
-
-
 def rollup_mismatches(database_url: str) -> list[str]:
     """Users whose rollup differs from its recomputation from ``focus_sessions``."""
     with psycopg.connect(database_url) as conn:
-        return [u for (u,) in conn.execute(ROLLUP_MISMATCHES.encode()).fetchall()]
+        return [u for u, *_ in conn.execute(rollup_check("public")).fetchall()]
 
 
 # -- projector processes ------------------------------------------------------------------
