@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from consumers.backoff import Backoff
 from consumers.dlq import DeadLetter, contradiction_letter, dead_letter
 from contracts.codec import PoisonEvent, decode_message
-from projections.batch import Located, plan
+from projections.batch import Located, plan, session_ids
 from projections.repository import Advance, Fenced, ProjectionRepository
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,9 @@ class Projector:
                 timeout_ms=self.wait_ms, max_records=self.max_records
             )
             generation = self._generation
-            batch = [r for tp, rs in records.items() if tp.partition in self.expected
-                     for r in rs]
-            if batch:
-                await ready.put((generation, self._decode(batch)))
+            owned = [rs for tp, rs in records.items() if tp.partition in self.expected and rs]
+            if owned:
+                await ready.put((generation, self._decode(owned)))
 
     # -- one batch -----------------------------------------------------------------------
 
@@ -180,34 +179,36 @@ class Projector:
         self.stats.last_batch_at = time.monotonic()
         await self._commit_kafka_offsets(advances)
 
-    def _decode(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Decoded:
+    def _decode(self, polled: Sequence[Sequence[ConsumerRecord[bytes, bytes]]]) -> Decoded:
+        """Decode what one poll returned, a list of records per partition, in log order."""
         located: list[Located] = []
         letters: list[DeadLetter] = []
-        spans: dict[int, Span] = {}
-        for rec in records:
-            span = spans.get(rec.partition)
-            if span is None:
-                span = spans[rec.partition] = Span(rec.partition)
-            span.count += 1
-            span.last_offset = rec.offset
-            try:
-                event = decode_message(rec.key, rec.value)
-            except PoisonEvent as poison:
-                letters.append(dead_letter(
-                    reason=poison.reason, detail=poison.detail, topic=rec.topic,
-                    partition=rec.partition, offset=rec.offset, key=rec.key, value=rec.value,
-                ))
-            else:
+        spans: list[Span] = []
+        count = 0
+        for records in polled:
+            newest: datetime | None = None
+            for rec in records:
+                try:
+                    event = decode_message(rec.key, rec.value)
+                except PoisonEvent as poison:
+                    letters.append(dead_letter(
+                        reason=poison.reason, detail=poison.detail, topic=rec.topic,
+                        partition=rec.partition, offset=rec.offset, key=rec.key,
+                        value=rec.value,
+                    ))
+                    continue
                 located.append(Located(event, rec.partition, rec.offset, rec.value))
-                if span.last_event_time is None or event.time > span.last_event_time:
-                    span.last_event_time = event.time
-        return Decoded(located, letters, list(spans.values()), len(records))
+                if newest is None or event.time > newest:
+                    newest = event.time
+            last = records[-1]
+            spans.append(Span(last.partition, len(records), last.offset, newest))
+            count += len(records)
+        return Decoded(located, letters, spans, count)
 
     async def _apply(self, decoded: Decoded, advances: Sequence[Advance]) -> None:
         conn = await self._connection()
         async with conn.transaction():
-            sessions = list({item.event.data.session_id for item in decoded.located})
-            prior = await self.repository.load_histories(conn, sessions)
+            prior = await self.repository.load_histories(conn, session_ids(decoded.located))
             result = plan(prior, decoded.located)
             letters = decoded.letters + [
                 contradiction_letter(c, self.topic) for c in result.contradictions

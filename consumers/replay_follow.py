@@ -20,7 +20,7 @@ from psycopg import AsyncConnection
 
 from contracts.codec import PoisonEvent, decode_message
 from projections import replay_sql
-from projections.batch import Located, plan
+from projections.batch import Located, plan, session_ids
 from projections.repository import (
     SESSION_COLUMNS,
     SESSION_EVENT_COLUMNS,
@@ -190,8 +190,7 @@ class Follower:
 
     async def _apply(self, conn: AsyncConnection[Any], located: list[Located],
                      advances: list[Advance]) -> None:
-        sessions = list({item.event.data.session_id for item in located})
-        prior = await self.repository.load_histories(conn, sessions)
+        prior = await self.repository.load_histories(conn, session_ids(located))
         result = plan(prior, located)
         await self.repository.write(conn, self.options.topic, result, advances)
 

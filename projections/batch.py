@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from uuid import UUID
 
 from contracts.events import Event
-from projections.fold import Derived, History, SessionRow, Status, derive, extend
+from projections.fold import Derived, EventKey, History, SessionRow, Status, derive, extend
 from projections.rollups import UserDelta
 from projections.weekly import WeekDelta, WeekKey
 from projections.weekly import accumulate as add_weeks
 from projections.weekly import delta as week_delta
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """An event with where it came from in the log (and its bytes, for dead letters)."""
+class Located(NamedTuple):
+    """An event with where it came from in the log (and its bytes, for dead letters).
+
+    A NamedTuple: one is built per event on the projector's hot path."""
 
     event: Event
     partition: int
@@ -55,17 +57,24 @@ class Plan:
     duplicates: int = 0
 
 
+def session_ids(batch: Iterable[Located]) -> list[UUID]:
+    """The distinct sessions a batch touches (deduplicated by ``UUID.int``: see EventKey)."""
+    return list({(sid := item.event.data.session_id).int: sid for item in batch}.values())
+
+
 def plan(prior: Mapping[UUID, History], batch: Iterable[Located]) -> Plan:
     """Fold a batch into the prior histories; return the writes and the new histories."""
     result = Plan()
-    by_session: dict[UUID, list[Event]] = {}
-    located_by_id: dict[UUID, Located] = {}
+    by_session: dict[int, list[Event]] = {}  # by UUID.int, as events are (see EventKey)
+    located_by_id: dict[EventKey, Located] = {}
     for item in batch:
-        located_by_id.setdefault(item.event.id, item)  # a duplicate in the batch keeps the first
-        by_session.setdefault(item.event.data.session_id, []).append(item.event)
+        event = item.event
+        located_by_id.setdefault(event.id.int, item)  # a duplicate in the batch keeps the first
+        by_session.setdefault(event.data.session_id.int, []).append(event)
 
     empty = History()
-    for sid, events in by_session.items():
+    for events in by_session.values():
+        sid = events[0].data.session_id
         before = prior.get(sid)
         new_history, known = extend(before or empty, events)
         result.duplicates += known
@@ -81,20 +90,20 @@ def _diff(
     old: Derived,
     new: Derived,
     history: History,
-    located_by_id: Mapping[UUID, Located],
+    located_by_id: Mapping[EventKey, Located],
     out: Plan,
 ) -> None:
     before = old.status
-    for event_id, status in new.status.items():
-        was = before.get(event_id) if before else None
+    for key, status in new.status.items():
+        was = before.get(key) if before else None
         if was is None:  # first seen in this batch
-            out.new_events.append(NewEvent(located_by_id[event_id], status))
+            out.new_events.append(NewEvent(located_by_id[key], status))
         elif status != was:
-            out.status_changes.append((sid, event_id, status))
+            out.status_changes.append((sid, history.events[key].id, status))
         if status is Status.CONTRADICTION and was is not Status.CONTRADICTION:
-            located = located_by_id.get(event_id) if was is None else None
-            event = located.event if located else _find(history, event_id)
-            out.contradictions.append(Contradiction(event, new.reasons[event_id], located))
+            located = located_by_id.get(key) if was is None else None
+            event = located.event if located else history.events[key]
+            out.contradictions.append(Contradiction(event, new.reasons[key], located))
     if new.row != old.row:
         assert new.row is not None  # a session never loses its start
         out.rows.append(new.row)
@@ -103,10 +112,6 @@ def _diff(
             out.deltas[user] = UserDelta()
         out.deltas[user].add(old.row, new.row)
         add_weeks(out.weekly, week_delta(old.row, new.row))
-
-
-def _find(history: History, event_id: UUID) -> Event:
-    return history.events[event_id]
 
 
 _NOTHING = Derived(None, {}, {})

@@ -28,14 +28,19 @@ class Status(StrEnum):
     CONTRADICTION = "contradiction"  # cannot be true given the session's start/end
 
 
+#: Events are keyed by their id's 128-bit integer (``UUID.int``), not by the UUID:
+#: ``UUID.__hash__`` is Python code, and the fold hashes every event id several times.
+EventKey = int
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """Everything known about one session: its events, by event id (the dedupe key)."""
 
-    events: dict[UUID, Event] = field(default_factory=dict)
+    events: dict[EventKey, Event] = field(default_factory=dict)
 
     def __contains__(self, event_id: UUID) -> bool:
-        return event_id in self.events
+        return event_id.int in self.events
 
     def __len__(self) -> int:
         return len(self.events)
@@ -52,7 +57,7 @@ def extend(history: History, events: Iterable[Event]) -> tuple[History, int]:
     known = 0
     for event in events:
         size = len(new)
-        new.setdefault(event.id, event)  # one hash: UUID.__hash__ is Python code, and hot
+        new.setdefault(event.id.int, event)
         if len(new) == size:
             known += 1
     return History(new), known
@@ -87,15 +92,16 @@ class SessionRow(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Derived:
     row: SessionRow | None
-    status: dict[UUID, Status]
-    #: Human-readable reason per contradicting event id.
-    reasons: dict[UUID, str]
+    #: Every event's status, by :data:`EventKey`.
+    status: dict[EventKey, Status]
+    #: Human-readable reason per contradicting event, by :data:`EventKey`.
+    reasons: dict[EventKey, str]
 
 
 def derive(history: History) -> Derived:
     """The row and every event's status, decided only by the events' content."""
-    status: dict[UUID, Status] = {}
-    reasons: dict[UUID, str] = {}
+    status: dict[EventKey, Status] = {}
+    reasons: dict[EventKey, str] = {}
     starts: list[StartedEvent] = []
     ends: list[EndedEvent] = []
     interruptions: list[InterruptedEvent] = []
@@ -113,13 +119,13 @@ def derive(history: History) -> Derived:
     # valid end win (ties: the smaller event id); the others are superseded.
     start = min(starts, key=_start_order) if len(starts) > 1 else starts[0]
     for other in starts:
-        status[other.id] = Status.SUPERSEDED
-    status[start.id] = Status.APPLIED
+        status[other.id.int] = Status.SUPERSEDED
+    status[start.id.int] = Status.APPLIED
     user, t0 = start.data.user_id, start.data.started_at
 
     def contradicts(event: Event, why: str) -> None:
-        status[event.id] = Status.CONTRADICTION
-        reasons[event.id] = why
+        status[event.id.int] = Status.CONTRADICTION
+        reasons[event.id.int] = why
 
     valid_ends: list[EndedEvent] = []
     for end in ends:
@@ -132,7 +138,7 @@ def derive(history: History) -> Derived:
             valid_ends.append(end)
     winner = min(valid_ends, key=_end_order) if valid_ends else None
     for end in valid_ends:
-        status[end.id] = Status.APPLIED if end is winner else Status.SUPERSEDED
+        status[end.id.int] = Status.APPLIED if end is winner else Status.SUPERSEDED
 
     t1 = winner.data.ended_at if winner else None
     counted = 0
@@ -145,7 +151,7 @@ def derive(history: History) -> Derived:
             contradicts(interruption, f"interrupted_at {at.isoformat()} is outside the session "
                         f"[{t0.isoformat()}, {t1.isoformat() if t1 else 'open'}]")
         else:
-            status[interruption.id] = Status.APPLIED
+            status[interruption.id.int] = Status.APPLIED
             counted += 1
 
     reported = winner.data.reported_interruptions if winner else None

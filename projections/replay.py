@@ -17,7 +17,7 @@ from uuid import UUID
 
 from contracts.events import Event
 from projections import weekly
-from projections.fold import History, SessionRow, derive
+from projections.fold import EventKey, History, SessionRow, derive
 from projections.rollups import UserDelta
 
 #: ``(event, partition, offset)``: an accepted event and where the log first held it.
@@ -27,8 +27,8 @@ Placed = tuple[Event, int, int]
 @dataclass(slots=True)
 class _Session:
     history: History = field(default_factory=History)
-    #: Where each event of the session was first seen: ``event id -> (partition, offset)``.
-    where: dict[UUID, tuple[int, int]] = field(default_factory=dict)
+    #: Where each event of the session was first seen: ``EventKey -> (partition, offset)``.
+    where: dict[EventKey, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -93,12 +93,12 @@ class ShadowState:
         session = self.sessions.get(sid)
         if session is None:
             session = self.sessions[sid] = _Session()
-        eid = event.id
-        if eid in session.where:
+        key = event.id.int  # an EventKey, as in projections.fold
+        if key in session.where:
             self.duplicates += 1
             return False
-        session.where[eid] = (partition, offset)
-        session.history.events[eid] = event
+        session.where[key] = (partition, offset)
+        session.history.events[key] = event
         self.events += 1
         return True
 
@@ -112,11 +112,11 @@ class ShadowState:
             session = self.sessions.pop(sid, None)
             if session is not None:
                 placed.extend(
-                    (e, *session.where[e.id]) for e in session.history.events.values()
+                    (e, *session.where[key]) for key, e in session.history.events.items()
                 )
         return placed
 
-    def derive_all(self) -> Iterator[tuple[_Session, SessionRow | None, dict[UUID, Any]]]:
+    def derive_all(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
         for session in self.sessions.values():
             derived = derive(session.history)
             yield session, derived.row, derived.status
@@ -146,9 +146,9 @@ def build(
     emit = sink or out.events.append
     for session, row, status in state.derive_all():
         where = session.where
-        for event in session.history.events.values():
-            partition, offset = where[event.id]
-            emit(event_record(event, status[event.id].value, partition, offset))
+        for key, event in session.history.events.items():
+            partition, offset = where[key]
+            emit(event_record(event, status[key].value, partition, offset))
         if row is not None:
             sessions.append(session_record(row))
             rollups.add_row(row)

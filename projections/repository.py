@@ -103,7 +103,7 @@ class ProjectionRepository:
             return {}
         async with conn.cursor() as cur:
             await cur.execute(
-                sql.SQL("SELECT {} FROM {} WHERE session_id = ANY(%s)").format(
+                sql.SQL("SELECT {} FROM {} WHERE session_id = ANY(%b)").format(
                     sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
                     self._t("session_events"),
                 ),

@@ -116,13 +116,14 @@ async def _sessions(conn: AsyncConnection[Any], schema: str, report: VerifyRepor
         for sid, eid, status in await cur.fetchall():
             statuses.setdefault(sid, {})[eid] = status
         for sid in chunk:
-            derived = derive(histories.get(sid, History()))
+            history = histories.get(sid, History())
+            derived = derive(history)
             row = stored.get(sid)
             if row is not None:
                 all_rows.append(row)
             if derived.row != row:
                 rows_problem.add(_row_example(sid, row, derived.row), keep)
-            expected = {eid: s.value for eid, s in derived.status.items()}
+            expected = {history.events[k].id: s.value for k, s in derived.status.items()}
             if statuses.get(sid, {}) != expected:
                 status_problem.add(f"session {sid}: stored {statuses.get(sid)}, derived "
                                    f"{expected}", keep)

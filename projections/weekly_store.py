@@ -28,8 +28,8 @@ async def apply_weekly(cur: Any, schema: str, deltas: Mapping[WeekKey, WeekDelta
         sql.SQL(
             "INSERT INTO {t} AS w (user_id, week_start, sessions_ended, sessions_completed,"
             " focus_seconds)"
-            " SELECT * FROM unnest(%s::text[], %s::date[], %s::bigint[], %s::bigint[],"
-            " %s::numeric[])"
+            " SELECT * FROM unnest(%b::text[], %b::date[], %b::bigint[], %b::bigint[],"
+            " %b::numeric[])"
             " ON CONFLICT (user_id, week_start) DO UPDATE SET"
             " sessions_ended = w.sessions_ended + EXCLUDED.sessions_ended,"
             " sessions_completed = w.sessions_completed + EXCLUDED.sessions_completed,"
@@ -46,7 +46,7 @@ async def apply_weekly(cur: Any, schema: str, deltas: Mapping[WeekKey, WeekDelta
     await cur.execute(
         sql.SQL(
             "DELETE FROM {t} WHERE sessions_ended = 0"
-            " AND (user_id, week_start) IN (SELECT * FROM unnest(%s::text[], %s::date[]))"
+            " AND (user_id, week_start) IN (SELECT * FROM unnest(%b::text[], %b::date[]))"
         ).format(t=table),
         (users, weeks),
     )

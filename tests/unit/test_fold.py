@@ -25,7 +25,7 @@ def test_start_focus_session_creates_an_open_row_with_the_planned_duration():
     assert (row.user_id, row.started_at, row.duration_minutes) == ("ada", T0, 50)
     assert row.ended_at is None and row.completed is False and row.focus_seconds is None
     assert row.created_at == start.time and row.time_zone == "Asia/Tokyo"
-    assert result.status == {start.id: Status.APPLIED}
+    assert result.status == {start.id.int: Status.APPLIED}
 
 
 def test_end_focus_session_records_actual_elapsed_time_not_the_plan():
@@ -67,8 +67,8 @@ def test_earliest_end_wins_and_the_later_is_superseded():
     earlier = ev.ended("ada", start.data.session_id, minutes(20), completed=False)
     result = fold([start, end, earlier])
     assert result.row.ended_at == minutes(20) and result.row.completed is False
-    assert result.status[end.id] is Status.SUPERSEDED
-    assert result.status[earlier.id] is Status.APPLIED
+    assert result.status[end.id.int] is Status.SUPERSEDED
+    assert result.status[earlier.id.int] is Status.APPLIED
 
 
 def test_ends_at_the_same_instant_are_settled_by_the_smaller_event_id():
@@ -85,8 +85,8 @@ def test_an_end_before_the_start_is_a_contradiction():
     start = pomodoro(end_at=None, interruptions_at=())[0]
     bad = ev.ended("ada", start.data.session_id, minutes(-1))
     result = fold([start, bad])
-    assert result.status[bad.id] is Status.CONTRADICTION
-    assert "before started_at" in result.reasons[bad.id]
+    assert result.status[bad.id.int] is Status.CONTRADICTION
+    assert "before started_at" in result.reasons[bad.id.int]
     assert result.row.ended_at is None
 
 
@@ -95,9 +95,9 @@ def test_an_interruption_outside_the_session_is_a_contradiction():
     late = ev.interrupted("ada", start.data.session_id, minutes(30))
     early = ev.interrupted("ada", start.data.session_id, minutes(-2))
     result = fold([start, end, late, early])
-    assert result.status[late.id] is Status.CONTRADICTION
-    assert result.status[early.id] is Status.CONTRADICTION
-    assert "outside the session" in result.reasons[late.id]
+    assert result.status[late.id.int] is Status.CONTRADICTION
+    assert result.status[early.id.int] is Status.CONTRADICTION
+    assert "outside the session" in result.reasons[late.id.int]
     assert result.row.interruptions == 0
 
 
@@ -106,8 +106,8 @@ def test_events_of_another_user_for_the_same_session_are_contradictions():
     sid = start.data.session_id
     foreign = [ev.interrupted("eve", sid, minutes(2)), ev.ended("eve", sid, minutes(25))]
     result = fold([start, *foreign])
-    assert all(result.status[e.id] is Status.CONTRADICTION for e in foreign)
-    assert "differs from the start" in result.reasons[foreign[0].id]
+    assert all(result.status[e.id.int] is Status.CONTRADICTION for e in foreign)
+    assert "differs from the start" in result.reasons[foreign[0].id.int]
 
 
 def test_an_earlier_start_for_the_same_session_supersedes_a_later_one():
@@ -116,4 +116,4 @@ def test_an_earlier_start_for_the_same_session_supersedes_a_later_one():
     early_start = ev.started("ada", T0, session_id=sid)
     result = fold([late_start, early_start])
     assert result.row.started_at == T0
-    assert result.status[late_start.id] is Status.SUPERSEDED
+    assert result.status[late_start.id.int] is Status.SUPERSEDED
