@@ -14,6 +14,7 @@ from consumers.replay_follow import ReplayOptions, log_end_offsets
 from focus.migrate import migrate
 from producers import events as ev
 from projections.verify import VerifyReport, verify
+from tests.integration.api_harness import api_settings, running_api
 from tests.support.infra import create_database, drop_database
 from tests.support.projection import positions, publish, running_projector, settings_for, snapshot
 from tests.support.stream import stream
@@ -97,13 +98,13 @@ async def verify_db(url: str, topic: str, bootstrap: str) -> VerifyReport:
 
 
 @pytest.mark.parametrize("live_is", ["caught up", "behind"])
-async def test_replay_while_events_arrive_and_readers_read_equals_a_clean_single_pass(
+async def test_replay_while_events_arrive_and_the_api_answers_equals_a_clean_single_pass(
     kafka_bootstrap, postgres_url, fresh_database, fresh_topics, live_is
 ):
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
     topic = fresh_topics.events
     events = list(stream(16_000, users=60, seed=11))
-    reads, errors = [0], []
+    reads, errors, sessions_seen = [0], list[str](), [0]
     swapped = asyncio.Event()
     sent = {"during": 0, "after": 0}
 
@@ -116,15 +117,32 @@ async def test_replay_while_events_arrive_and_readers_read_equals_a_clean_single
             await asyncio.sleep(0.03)
 
     async def keep_reading(stop: asyncio.Event) -> None:
-        async with await psycopg.AsyncConnection.connect(fresh_database, autocommit=True) as c:
+        """The read API (the real app and its pool, over ASGI) and plain SQL, in a loop."""
+        settings = api_settings(kafka_bootstrap, fresh_database, fresh_topics)
+        user = "user-7"
+        async with running_api(settings) as api, \
+                await psycopg.AsyncConnection.connect(fresh_database, autocommit=True) as c:
             while not stop.is_set():
                 try:
+                    page = await api.client.get(f"/users/{user}/sessions", params={"limit": 5},
+                                                headers=api.user(user))
+                    answers = [page]
+                    answers.append(await api.client.get(f"/users/{user}/analytics",
+                                                         headers=api.user(user)))
+                    answers.append(await api.client.get(f"/users/{user}/weekly",
+                                                        headers=api.user(user)))
+                    for item in page.json().get("sessions", [])[:1]:
+                        answers.append(await api.client.get(f"/sessions/{item['session_id']}",
+                                                            headers=api.user(user)))
+                    # every answer but a 200 is a broken promise
+                    errors.extend(f"{a.request.url.path}: {a.status_code} {a.text[:200]}"
+                                  for a in answers if a.status_code != 200)
                     await c.execute("SELECT count(*), sum(interruptions) FROM focus_sessions")
-                    await c.execute("SELECT * FROM focus_user_stats WHERE user_id = 'user-7'")
                     await c.execute("SELECT max(next_offset) FROM projector_positions")
                     reads[0] += 1
-                except psycopg.Error as exc:  # every failed read is a broken promise
-                    errors.append(exc)
+                    sessions_seen[0] += len(page.json().get("sessions", []))
+                except psycopg.Error as exc:
+                    errors.append(repr(exc))
                 await asyncio.sleep(0.002)
 
     async with running_projector(s) as projector:
@@ -146,6 +164,7 @@ async def test_replay_while_events_arrive_and_readers_read_equals_a_clean_single
     assert sent["after"] >= 1500, sent
     assert errors == []
     assert reads[0] > 10
+    assert sessions_seen[0] > 0  # the API served data, not only empty pages
     print(f"live {live_is}: lag {report.live_lag}, caught up {report.caught_up}, fenced"
           f" {fenced} time(s), {reads[0]} reads")
 
