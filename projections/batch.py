@@ -30,8 +30,7 @@ class Located(NamedTuple):
     raw: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):  # one per event: a tuple is the cheapest record to build
     located: Located
     status: Status
 

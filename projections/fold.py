@@ -89,8 +89,7 @@ class SessionRow(NamedTuple):
     end_event_id: UUID | None
 
 
-@dataclass(frozen=True, slots=True)
-class Derived:
+class Derived(NamedTuple):  # built once or twice per session of every batch
     row: SessionRow | None
     #: Every event's status, by :data:`EventKey`.
     status: dict[EventKey, Status]
