@@ -101,7 +101,12 @@ async def test_two_projectors_share_partitions_and_one_takes_over_when_the_other
     b = ProjectorProcess(s, tmp_path, "b")
     try:
         sent = await publish(kafka_bootstrap, fresh_topics.events, stream(20_000, seed=3))
-        await asyncio.sleep(6)  # both are in the group and projecting
+        # both are in the group and b owns partitions (start-up and tansu's rebalances take
+        # seconds, more on a loaded machine: wait for them rather than guess a sleep)
+        deadline = asyncio.get_running_loop().time() + 60
+        while not ("assigned" in a.log() and "assigned" in b.log()):
+            assert asyncio.get_running_loop().time() < deadline, (a.log(), b.log())
+            await asyncio.sleep(0.2)
         b.kill()
         sent += await publish(kafka_bootstrap, fresh_topics.events, stream(10_000, seed=4))
         await wait_caught_up(fresh_database, fresh_topics, sent, timeout=300)
