@@ -1,7 +1,9 @@
-"""Benchmark the projector against a naive one-event-per-transaction FastStream subscriber.
+"""Benchmark the projector, one process and N, against a naive one-event-per-transaction
+FastStream subscriber.
 
     python bench/projector_bench.py                      # 1,000,000 events, 10,000 users
     python bench/projector_bench.py --events 200000 --naive-events 10000 --profile
+    python bench/projector_bench.py --events 60000 --naive-events 1000 --processes 2
 
 Publishes a realistic stream (``producers.simulate``, about four events per session) to a fresh
 6-partition topic *before* anything is measured, then on that same topic:
@@ -11,12 +13,18 @@ Publishes a realistic stream (``producers.simulate``, about four events per sess
    first committed batch until every partition's stored position (``projector_positions``)
    reaches the end the broker acknowledged on publish. Group join (tansu waits ~3 s per
    rebalance) and the first batch are reported apart, not in the rate;
-2. the naive subscriber (``bench/naive_subscriber.py``) into another fresh database, for
+2. ``focus project --processes N`` (``--processes``, default this machine's CPUs, at most the
+   6 partitions; 0 skips it) as a subprocess configured through the environment, as a service
+   manager would run it: new group, its own fresh database, measured the same way. Its CPU is
+   the worker processes' (read from /proc); its start-up also counts interpreter start and
+   the workers' join; a rebalance inside the window (a worker that joined late) is noted;
+3. the naive subscriber (``bench/naive_subscriber.py``) into another fresh database, for
    ``--naive-events`` events (it is slow; its rate is measured on that prefix and extrapolated);
-3. a table side by side (events/s; CPU seconds of this process, of the PostgreSQL backends and
-   of the embedded broker over the window; time in Python's garbage collector), the issue's
-   targets, and a correctness check of the projector's tables (sessions vs distinct sessions
-   with a start published; rollups vs their recomputation from focus_sessions).
+4. a table side by side (events/s; CPU seconds of the projecting process(es), of the
+   PostgreSQL backends and of the embedded broker over the window; time in Python's garbage
+   collector), N processes vs one, the issue's targets, and a correctness check of both
+   projectors' tables (sessions vs distinct sessions with a start published; rollups vs their
+   recomputation from focus_sessions).
 
 Servers: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set (only uniquely named databases and
 topics are created, and dropped afterwards), else an embedded tansu broker and an embedded
@@ -37,6 +45,7 @@ import logging
 import os
 import pstats
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -79,6 +88,7 @@ class Servers:
     server_url: str  # a database to connect to for CREATE/DROP DATABASE
     kafka_pid: int | None  # embedded broker, for its CPU time
     origin: str
+    work: Path  # scratch files (removed at the end)
     databases: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
 
@@ -104,7 +114,7 @@ def servers() -> Iterator[Servers]:
             origin.append("embedded PostgreSQL")
         else:
             origin.append("$DATABASE_URL")
-        found = Servers(bootstrap, server_url, kafka_pid, ", ".join(origin))
+        found = Servers(bootstrap, server_url, kafka_pid, ", ".join(origin), work)
         try:
             yield found
         finally:
@@ -231,7 +241,7 @@ class Measurement:
     events: int  # counted in the window
     seconds: float  # the window: first commit -> last
     startup: float  # start -> first commit (group join + first batch/event)
-    cpu: float  # this process, over the window
+    cpu: float | None  # this process (or the worker processes), over the window
     postgres_cpu: float | None  # the server backends doing the work, over the window
     broker_cpu: float | None  # embedded tansu, over the window
     gc: str  # Python's cyclic garbage collector in this process, over the window
@@ -291,14 +301,16 @@ class GcMeter:
 
 
 class CpuWindow:
-    """CPU seconds of this process, of the PostgreSQL backends doing the work and of the
-    embedded broker, between :meth:`open` and :meth:`close` (None: not measurable here)."""
+    """CPU seconds of this process (or of ``workers``, the processes projecting for it), of the
+    PostgreSQL backends doing the work and of the embedded broker, between :meth:`open` and
+    :meth:`close` (None: not measurable here)."""
 
-    def __init__(self, kafka_pid: int | None) -> None:
+    def __init__(self, kafka_pid: int | None, workers: list[int] | None = None) -> None:
         self.kafka = [kafka_pid] if kafka_pid else []
+        self.workers = workers
         self.pg: list[int] = []
-        self._start: tuple[float, float | None, float | None] | None = None
-        self.own: float = 0.0
+        self._start: tuple[float | None, float | None, float | None] | None = None
+        self.own: float | None = 0.0
         self.postgres: float | None = None
         self.broker: float | None = None
         self.gc = GcMeter()
@@ -306,7 +318,7 @@ class CpuWindow:
     def open(self, postgres_pids: list[int]) -> None:
         self.gc.attach()
         self.pg = postgres_pids
-        self._start = (time.process_time(), proc_cpu(self.pg),
+        self._start = (self._own(), proc_cpu(self.pg),
                        proc_cpu(self.kafka) if self.kafka else None)
 
     def close(self) -> None:
@@ -314,9 +326,12 @@ class CpuWindow:
             return
         self.gc.detach()
         own, pg, broker = self._start
-        self.own = time.process_time() - own
+        self.own = _minus(self._own(), own)
         self.postgres = _minus(proc_cpu(self.pg), pg)
         self.broker = _minus(proc_cpu(self.kafka), broker) if self.kafka else None
+
+    def _own(self) -> float | None:
+        return time.process_time() if self.workers is None else proc_cpu(self.workers)
 
 
 def _minus(end: float | None, start: float | None) -> float | None:
@@ -348,13 +363,12 @@ async def measure_projector(
         task = asyncio.create_task(run_projector(projector, stopping))
         try:
             first_at, first_events = await wait_positions(
-                conn, stream, task, started + give_up_after, lambda done: sum(done.values()) > 0)
+                conn, stream, lambda: alive(task), started + give_up_after, committed)
             cpu.open(await backend_pids(conn))
             if profiler:
                 profiler.enable()  # the window only: not the group join
             last_at, _ = await wait_positions(
-                conn, stream, task, started + give_up_after,
-                lambda done: all(done.get(p, 0) >= end for p, end in stream.ends.items()))
+                conn, stream, lambda: alive(task), started + give_up_after, caught_up(stream))
             cpu.close()
         finally:
             if profiler:
@@ -366,8 +380,84 @@ async def measure_projector(
         cpu.own, cpu.postgres, cpu.broker, cpu.gc.summary(), note=f"batches of up to {batch}")
 
 
+async def measure_processes(
+    s: Servers, stream: Stream, url: str, batch: int, processes: int, give_up_after: float,
+    work: Path,
+) -> Measurement:
+    """``focus project --processes N`` as a subprocess (settings from the environment, as a
+    service manager would give them), measured like :func:`measure_projector`; CPU is the
+    workers'. Its output goes to ``work/processes.log``, shown if it fails."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap, "DATABASE_URL": url,
+           "FOCUS_EVENTS_TOPIC": stream.topic, "FOCUS_DLQ_TOPIC": stream.dlq,
+           "FOCUS_TOPIC_PARTITIONS": str(PARTITIONS),
+           "FOCUS_CONSUMER_GROUP": f"bench-processes-{uuid.uuid4().hex[:10]}",
+           "FOCUS_BATCH_MAX_RECORDS": str(batch)}
+    log_path = work / "processes.log"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        with log_path.open("ab") as log:
+            started = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "focus.cli", "project", "--processes", str(processes),
+                env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        try:
+            first_at, first_events = await wait_positions(
+                conn, stream, lambda: proc.returncode is None, started + give_up_after, committed)
+            workers = child_pids(proc.pid)
+            cpu = CpuWindow(s.kafka_pid, workers)
+            cpu.open(await backend_pids(conn))
+            joins = log_path.read_text().count(" assigned [")
+            last_at, _ = await wait_positions(
+                conn, stream, lambda: proc.returncode is None, started + give_up_after,
+                caught_up(stream))
+            cpu.close()
+            rejoins = log_path.read_text().count(" assigned [") - joins
+        except BaseException:
+            print(f"--- focus project --processes {processes}:\n{log_path.read_text()[-4000:]}")
+            raise
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(proc.wait(), timeout=60)
+    if code != 0:
+        raise RuntimeError(f"focus project --processes {processes} exited with {code}; "
+                           f"output:\n{log_path.read_text()[-4000:]}")
+    note = f"{len(workers)} workers, batches of up to {batch}"
+    if rejoins:
+        note += f"; {rejoins} assignments during the window (a rebalance: ~3 s idle on tansu)"
+    return Measurement(
+        f"projector x{processes} procs", stream.events - first_events, last_at - first_at,
+        first_at - started, cpu.own, cpu.postgres, cpu.broker, "n/a (in the workers)", note=note)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # ended while we looked
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+def committed(done: dict[int, int]) -> bool:
+    return sum(done.values()) > 0
+
+
+def caught_up(stream: Stream) -> Callable[[dict[int, int]], bool]:
+    return lambda done: all(done.get(p, 0) >= end for p, end in stream.ends.items())
+
+
+def alive(task: asyncio.Task[None]) -> bool:
+    """False once ``task`` has returned; raises what it raised."""
+    if task.done():
+        task.result()
+    return not task.done()
+
+
 async def wait_positions(
-    conn: psycopg.AsyncConnection[Any], stream: Stream, task: asyncio.Task[None],
+    conn: psycopg.AsyncConnection[Any], stream: Stream, running: Callable[[], bool],
     deadline: float, reached: Callable[[dict[int, int]], bool],
 ) -> tuple[float, int]:
     """Poll the stored positions until ``reached``; return when, and how many events done."""
@@ -376,8 +466,7 @@ async def wait_positions(
         now = time.perf_counter()
         if reached(done):
             return now, sum(done.values())
-        if task.done():
-            task.result()
+        if not running():
             raise RuntimeError("the projector stopped before catching up")
         if now > deadline:
             raise TimeoutError(f"projection stuck at {done}; the log ends at {stream.ends}")
@@ -444,23 +533,30 @@ def print_table(rows: list[Measurement]) -> None:
     print(head)
     print("-" * len(head))
     for m in rows:
-        print(f"{m.name:18} {m.events:>10,} {m.seconds:>8.2f} {m.rate:>10,.0f} {m.cpu:>7.2f}"
+        print(f"{m.name:18} {m.events:>10,} {m.seconds:>8.2f} {m.rate:>10,.0f}"
+              f" {fmt(m.cpu, '.2f'):>7}"
               f" {fmt(m.postgres_cpu, '.2f'):>9} {fmt(m.broker_cpu, '.2f'):>12}"
               f" {m.startup:>10.2f}   {m.note}")
     for m in rows:
         print(f"{m.name} time in Python's garbage collector: {m.gc}")
 
 
-def print_verdict(projector: Measurement, naive: Measurement | None, total: int) -> None:
-    ratio = projector.rate / naive.rate if naive and naive.rate else None
+def print_verdict(projectors: list[Measurement], naive: Measurement | None, total: int) -> None:
     if naive and naive.rate:
         print(f"\nnaive subscriber, extrapolated to all {total:,} events: "
-              f"{total / naive.rate:,.0f} s (projector: {total / projector.rate:,.1f} s)")
-    print(f"projector / naive: {fmt(ratio, ',.1f')}{'x' if ratio else ''}")
-    met = "MET" if projector.rate >= TARGET_RATE else "NOT MET"
-    print(f"target >= {TARGET_RATE:,} events/s: {projector.rate:,.0f} -> {met}")
-    met = "MET" if ratio is not None and ratio >= TARGET_RATIO else "NOT MET"
-    print(f"target >= {TARGET_RATIO}x naive: {fmt(ratio, ',.1f')}{'x' if ratio else ''} -> {met}")
+              f"{total / naive.rate:,.0f} s ("
+              + ", ".join(f"{p.name}: {total / p.rate:,.1f} s" for p in projectors) + ")")
+    one = projectors[0]
+    for p in projectors[1:]:
+        print(f"{p.name} / {one.name}: {p.rate / one.rate:.2f}x")
+    for p in projectors:
+        ratio = p.rate / naive.rate if naive and naive.rate else None
+        print(f"{p.name} / naive: {fmt(ratio, ',.1f')}{'x' if ratio else ''}")
+        met = "MET" if p.rate >= TARGET_RATE else "NOT MET"
+        print(f"  target >= {TARGET_RATE:,} events/s: {p.rate:,.0f} -> {met}")
+        met = "MET" if ratio is not None and ratio >= TARGET_RATIO else "NOT MET"
+        print(f"  target >= {TARGET_RATIO}x naive: {fmt(ratio, ',.1f')}{'x' if ratio else ''}"
+              f" -> {met}")
 
 
 def print_check(name: str, c: Check) -> None:
@@ -488,7 +584,7 @@ def load() -> str:
 
 
 async def bench(s: Servers, args: argparse.Namespace) -> bool:
-    """Publish, measure both consumers, print the figures; True if the projector is correct."""
+    """Publish, measure the consumers, print the figures; True if the projectors are correct."""
     print(f"servers: {s.origin}; {postgres_facts(s.server_url)}")
     print(f"machine: {os.cpu_count()} CPUs; load average at start {load()}", flush=True)
     t = time.perf_counter()
@@ -504,6 +600,18 @@ async def bench(s: Servers, args: argparse.Namespace) -> bool:
     print(f"projector: {projector.events:,} events in {projector.seconds:.2f} s after "
           f"{projector.startup:.2f} s of group join + first batch; load {load()}", flush=True)
     checks = [("projector correctness", check(projector_db, stream.sessions))]
+    projectors = [projector]
+
+    if args.processes > 0:
+        processes_db = create_database(s, "processes")
+        multi = await measure_processes(s, stream, processes_db, args.batch, args.processes,
+                                        give_up_after, s.work)
+        print(f"{multi.name}: {multi.events:,} events in {multi.seconds:.2f} s after "
+              f"{multi.startup:.2f} s of start-up, group join + first batch; load {load()}",
+              flush=True)
+        checks.append((f"{multi.name} correctness", check(processes_db, stream.sessions)))
+        projectors.append(multi)
+    correct = all(result.ok for _, result in checks)  # the projectors' (not the naive's)
 
     naive: Measurement | None = None
     if args.naive_events > 0:
@@ -514,17 +622,17 @@ async def bench(s: Servers, args: argparse.Namespace) -> bool:
               flush=True)
         checks.append(("naive rollups (for information)", check(naive_db, None)))
 
-    report(stream, projector, naive, checks)
+    report(stream, projectors, naive, checks)
     if args.profile:
         await profile(s, stream, args, give_up_after)
-    return checks[0][1].ok
+    return correct
 
 
-def report(stream: Stream, projector: Measurement, naive: Measurement | None,
+def report(stream: Stream, projectors: list[Measurement], naive: Measurement | None,
            checks: list[tuple[str, Check]]) -> None:
     print()
-    print_table([projector] + ([naive] if naive else []))
-    print_verdict(projector, naive, stream.events)
+    print_table(projectors + ([naive] if naive else []))
+    print_verdict(projectors, naive, stream.events)
     print()
     for name, result in checks:
         print_check(name, result)
@@ -555,6 +663,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-events", type=int, default=20_000,
                         help="events the naive subscriber processes (0: skip it)")
     parser.add_argument("--batch", type=int, default=5000, help="projector batch size")
+    parser.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
+                        help="also run `focus project --processes N` (0: skip it); default: "
+                             "this machine's CPUs, at most the partitions")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a separate projector pass with cProfile")
     parser.add_argument("--top", type=int, default=15, help="profile rows to print")
@@ -564,6 +675,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.profile = True
     if args.events < 1 or args.users < 1:
         parser.error("--events and --users must be positive")
+    if not 0 <= args.processes <= 64:
+        parser.error("--processes must be 0 (skip) to 64")
     return args
 
 

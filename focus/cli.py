@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 
 import typer
 
@@ -25,20 +27,52 @@ def migrate() -> None:
 
 
 @app.command()
-def project() -> None:
-    """Run a projector (several may run: they share the topic's partitions)."""
-    from focus.servers import resolved
+def project(
+    processes: int | None = typer.Option(
+        None, "--processes", min=1, max=64, show_default=False,
+        help="Projector worker processes on this machine, one per core "
+             "[env FOCUS_PROJECTOR_PROCESSES; default 1: no supervisor]."),
+) -> None:
+    """Run a projector (several may run: they share the topic's partitions).
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = resolved(ProjectorSettings())
-    asyncio.run(_project(settings))
+    With more than one process this one supervises that many projectors on this machine.
+    """
+    from focus.servers import resolved
+    from focus.workers import LOG_FORMAT
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = resolved(ProjectorSettings() if processes is None
+                        else ProjectorSettings(focus_projector_processes=processes))
+    if settings.focus_projector_processes == 1:
+        asyncio.run(_project(settings))
+        return
+    if sys.platform != "linux":
+        raise typer.BadParameter("more than one process needs Linux (PR_SET_PDEATHSIG); run "
+                                 "several `focus project` instead", param_hint="--processes")
+    raise typer.Exit(_supervise(settings))
 
 
 async def _project(settings: ProjectorSettings) -> None:
     from focus.bootstrap import build_projector, run_projector, stop_on_signals
-    from focus.topics import ensure_topics, wait_for_broker
 
     stopping = stop_on_signals()
+    await _prepare(settings)
+    await run_projector(build_projector(settings), stopping)
+
+
+def _supervise(settings: ProjectorSettings) -> int:
+    """Start-up checks once, then the workers (:mod:`focus.workers`); the exit status."""
+    from focus.workers import StopRequest, supervise, worker_commands, worker_environment
+
+    stop = StopRequest().on_signals()  # a stop meanwhile reaches the workers once they start
+    asyncio.run(_prepare(settings))  # its threads end with it: the supervisor then has none
+    return supervise(worker_commands(settings.focus_projector_processes, os.getpid()),
+                     worker_environment(settings), stop)
+
+
+async def _prepare(settings: ProjectorSettings) -> None:
+    from focus.topics import ensure_topics, wait_for_broker
+
     assert settings.kafka_bootstrap_servers is not None
     await wait_for_broker(settings.kafka_bootstrap_servers)
     # Before subscribing: a broker that auto-creates topics would otherwise make the events
@@ -47,7 +81,6 @@ async def _project(settings: ProjectorSettings) -> None:
         settings.focus_events_topic: settings.focus_topic_partitions,
         settings.focus_dlq_topic: 1,
     })
-    await run_projector(build_projector(settings), stopping)
 
 
 @app.command()

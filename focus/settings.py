@@ -48,4 +48,7 @@ class ProjectorSettings(CommonSettings):
         10_000, ge=1000, description="Consumer-group session timeout: how soon a dead "
         "projector's partitions move to a live one.",
     )
-
+    focus_projector_processes: int = Field(
+        1, ge=1, le=64, description="Projector worker processes `focus project` runs on this "
+        "machine (one per core; more than the partitions leaves some idle). 1: no supervisor.",
+    )

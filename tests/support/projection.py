@@ -158,7 +158,10 @@ def rollup_mismatches(database_url: str) -> list[str]:
 class ProjectorProcess:
     """``focus project`` as a real OS process, for crash and fail-over tests."""
 
-    def __init__(self, settings: ProjectorSettings, log_dir: Path, name: str) -> None:
+    def __init__(
+        self, settings: ProjectorSettings, log_dir: Path, name: str, *,
+        args: Sequence[str] = (), own_session: bool = False,
+    ) -> None:
         env = {**os.environ}
         env.update(
             {
@@ -175,10 +178,11 @@ class ProjectorProcess:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "focus.cli", "project"],
+            [sys.executable, "-m", "focus.cli", "project", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=own_session,  # a group of its own, for a terminal's Ctrl-C
         )
 
     def kill(self) -> None:
@@ -195,6 +199,29 @@ class ProjectorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # ended while we looked
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan's reaper may be slow)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def stop_all(processes: Sequence[ProjectorProcess]) -> None:
