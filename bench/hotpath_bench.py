@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             for new in p.new_events:
                 loc = new.located
                 events_out.write_row(
-                    event_record(loc.event, new.status.value, loc.partition, loc.offset))
+                    event_record(loc.event, new.status, loc.partition, loc.offset))
             for row in p.rows:
                 sessions_out.write_row(session_record(row))
 

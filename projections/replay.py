@@ -148,7 +148,7 @@ def build(
         where = session.where
         for key, event in session.history.events.items():
             partition, offset = where[key]
-            emit(event_record(event, status[key].value, partition, offset))
+            emit(event_record(event, status[key], partition, offset))
         if row is not None:
             sessions.append(session_record(row))
             rollups.add_row(row)

@@ -132,7 +132,7 @@ class ProjectionRepository:
                     for new in plan.new_events:
                         loc = new.located
                         await copy.write_row(
-                            event_record(loc.event, new.status.value, loc.partition, loc.offset)
+                            event_record(loc.event, new.status, loc.partition, loc.offset)
                         )
             if plan.status_changes:
                 await cur.executemany(

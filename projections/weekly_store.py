@@ -17,36 +17,36 @@ WEEKLY_TABLE = "focus_user_weekly"
 
 
 async def apply_weekly(cur: Any, schema: str, deltas: Mapping[WeekKey, WeekDelta]) -> None:
-    """Add ``deltas`` to the weekly rows of ``schema``; delete weeks left with no ended session."""
+    """Add ``deltas`` to the weekly rows of ``schema``; delete weeks left with no ended session.
+
+    The deltas go in by binary COPY into a temporary table, as the per-user totals do: array
+    parameters cost Python work per element, and a batch touches thousands of weeks."""
     if not deltas:
         return
-    keys = sorted(deltas)  # a stable lock order, as for the per-user totals
-    users = [user for user, _ in keys]
-    weeks = [week for _, week in keys]
     table = sql.Identifier(schema, WEEKLY_TABLE)
-    await cur.execute(
-        sql.SQL(
-            "INSERT INTO {t} AS w (user_id, week_start, sessions_ended, sessions_completed,"
-            " focus_seconds)"
-            " SELECT * FROM unnest(%b::text[], %b::date[], %b::bigint[], %b::bigint[],"
-            " %b::numeric[])"
-            " ON CONFLICT (user_id, week_start) DO UPDATE SET"
-            " sessions_ended = w.sessions_ended + EXCLUDED.sessions_ended,"
-            " sessions_completed = w.sessions_completed + EXCLUDED.sessions_completed,"
-            " focus_seconds = w.focus_seconds + EXCLUDED.focus_seconds"
-        ).format(t=table),
-        (
-            users,
-            weeks,
-            [deltas[k].sessions_ended for k in keys],
-            [deltas[k].sessions_completed for k in keys],
-            [deltas[k].focus_seconds for k in keys],
-        ),
-    )
-    await cur.execute(
-        sql.SQL(
-            "DELETE FROM {t} WHERE sessions_ended = 0"
-            " AND (user_id, week_start) IN (SELECT * FROM unnest(%b::text[], %b::date[]))"
-        ).format(t=table),
-        (users, weeks),
-    )
+    await cur.execute(sql.SQL(
+        "CREATE TEMP TABLE IF NOT EXISTS focus_user_weekly_batch"
+        " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(table))
+    async with cur.copy(
+        "COPY focus_user_weekly_batch (user_id, week_start, sessions_ended, sessions_completed,"
+        " focus_seconds) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(("varchar", "date", "int8", "int8", "numeric"))
+        for user, week in sorted(deltas):  # a stable lock order, as for the per-user totals
+            d = deltas[user, week]
+            await copy.write_row((user, week, d.sessions_ended, d.sessions_completed,
+                                  d.focus_seconds))
+    await cur.execute(sql.SQL(
+        "INSERT INTO {t} AS w (user_id, week_start, sessions_ended, sessions_completed,"
+        " focus_seconds)"
+        " SELECT user_id, week_start, sessions_ended, sessions_completed, focus_seconds"
+        " FROM focus_user_weekly_batch ORDER BY user_id, week_start"
+        " ON CONFLICT (user_id, week_start) DO UPDATE SET"
+        " sessions_ended = w.sessions_ended + EXCLUDED.sessions_ended,"
+        " sessions_completed = w.sessions_completed + EXCLUDED.sessions_completed,"
+        " focus_seconds = w.focus_seconds + EXCLUDED.focus_seconds"
+    ).format(t=table))
+    await cur.execute(sql.SQL(
+        "DELETE FROM {t} w USING focus_user_weekly_batch b"
+        " WHERE w.user_id = b.user_id AND w.week_start = b.week_start AND w.sessions_ended = 0"
+    ).format(t=table))
