@@ -185,10 +185,39 @@ async def swap_schemas(
             _t(shadow, "projector_positions"), _t(live, "projector_positions")), (topic,))
     await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(retired)))
     for name in names:
+        await copy_grants(conn, _t(live, name), _t(shadow, name))
         await conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
             _t(live, name), sql.Identifier(retired)))
         await conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
             _t(shadow, name), sql.Identifier(live)))
+
+
+#: Table privileges GRANT accepts (``aclexplode`` names them the same way); anything else in an
+#: ACL is refused rather than composed into SQL.
+TABLE_PRIVILEGES = frozenset({
+    "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN",
+})
+
+
+async def copy_grants(conn: AsyncConnection[Any], source: sql.Identifier,
+                      target: sql.Identifier) -> None:
+    """Give ``target`` the table privileges others hold on ``source``.
+
+    The shadow tables are new: without this, a least-privilege API role that may SELECT the
+    live tables would be refused on the swapped-in ones. The owner's own rights and column
+    privileges are not copied (the replay runs as the tables' owner; columns are granted by
+    table here)."""
+    cur = await conn.execute(
+        "SELECT a.privilege_type, a.grantee = 0, coalesce(r.rolname, ''), a.is_grantable"
+        " FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee"
+        " WHERE c.oid = %s::regclass AND a.grantee <> c.relowner",
+        (source.as_string(conn),))
+    for privilege, public, role, grantable in await cur.fetchall():
+        if privilege not in TABLE_PRIVILEGES:
+            raise NotSwappable(f"unknown privilege {privilege!r} on {source.as_string(conn)}")
+        await conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
+            sql.SQL(privilege), target, sql.SQL("PUBLIC") if public else sql.Identifier(role),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
 
 
 async def swap_users(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import sql
 
 from consumers.replay import Replayer, ReplayReport
 from consumers.replay_follow import ReplayOptions, log_end_offsets
@@ -83,6 +85,45 @@ async def test_replay_of_a_simulated_log_equals_the_live_tables(
     with psycopg.connect(fresh_database) as conn:
         schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'focus_%'")
         assert schemas.fetchall() == []
+
+
+async def test_the_swapped_in_tables_keep_the_live_tables_grants(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    """A least-privilege reader (say, the API's role) may read the live tables; after a swap it
+    must still be able to: the shadow tables are new tables."""
+    reader, auditor = (f"focus_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("reader", "auditor"))
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    async with running_projector(s):
+        await publish(kafka_bootstrap, fresh_topics.events, stream(300, users=5))
+        await caught_up(kafka_bootstrap, fresh_database, fresh_topics.events)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for role in (reader, auditor):
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON focus_sessions, focus_user_stats TO {}")
+                     .format(sql.Identifier(reader)))
+        conn.execute(sql.SQL("GRANT SELECT, DELETE ON session_events TO {} WITH GRANT OPTION")
+                     .format(sql.Identifier(auditor)))
+    try:
+        report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run()
+        assert report.swapped
+        with psycopg.connect(fresh_database) as conn:
+            def may(role: str, table: str, privilege: str) -> bool:
+                row = conn.execute("SELECT has_table_privilege(%s, %s, %s)",
+                                   (role, f"public.{table}", privilege)).fetchone()
+                return bool(row and row[0])
+
+            assert may(reader, "focus_sessions", "SELECT")
+            assert may(reader, "focus_user_stats", "SELECT")
+            assert not may(reader, "focus_sessions", "INSERT")
+            assert not may(reader, "session_events", "SELECT")
+            assert may(auditor, "session_events", "DELETE WITH GRANT OPTION")
+            assert not may(auditor, "focus_sessions", "SELECT")
+    finally:
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            for role in (reader, auditor):
+                conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
+                    sql.Identifier(role), sql.Identifier(role)))
 
 
 def check_weekly_only_new(report: ReplayReport) -> None:
