@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from focus.settings import ProjectorSettings
+from focus.settings import ProjectorSettings, from_environment
 
 app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,7 +21,7 @@ def migrate() -> None:
     from focus.migrate import migrate as run
     from focus.servers import database_url
 
-    applied = run(database_url(ProjectorSettings()))
+    applied = run(database_url(from_environment(ProjectorSettings)))
     typer.echo(f"applied {len(applied)} migration(s): "
                + (", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none pending"))
 
@@ -41,8 +41,8 @@ def project(
     from focus.workers import LOG_FORMAT
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    settings = resolved(ProjectorSettings() if processes is None
-                        else ProjectorSettings(focus_projector_processes=processes))
+    settings = resolved(from_environment(ProjectorSettings) if processes is None else
+                        from_environment(ProjectorSettings, focus_projector_processes=processes))
     if settings.focus_projector_processes == 1:
         asyncio.run(_project(settings))
         return
@@ -93,10 +93,10 @@ def dev(
     (pip packages, no Docker); with them, those servers are used instead.
     """
     from focus.dev import run
-    from focus.settings import CommonSettings
+    from focus.settings import CommonSettings, from_environment
 
     logging.basicConfig(level=logging.WARNING)
-    run(CommonSettings(), api_port)
+    run(from_environment(CommonSettings), api_port)
 
 
 def _register_areas() -> None:

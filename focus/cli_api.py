@@ -18,16 +18,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _settings() -> ApiSettings:
-    from pydantic import ValidationError
+    from focus.settings import from_environment
 
-    try:
-        return ApiSettings()
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            field = ".".join(str(part) for part in error["loc"]).upper()
-            where = f"{field}: " if field else ""
-            typer.echo(f"error: {where}{error['msg'].removeprefix('Value error, ')}", err=True)
-        raise typer.Exit(2) from None
+    return from_environment(ApiSettings)
 
 
 def api() -> None:

@@ -15,7 +15,7 @@ import typer
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from contracts.events import CloudEvent
-from focus.settings import CommonSettings
+from focus.settings import CommonSettings, from_environment
 
 emit_app = typer.Typer(help="Publish one event built from options; print its receipt as JSON.",
                        no_args_is_help=True)
@@ -71,7 +71,7 @@ def _send(event: CloudEvent, bootstrap: str | None, topic: str | None, create_to
     if dry_run:
         typer.echo(event.model_dump_json())
         return
-    where = target(CommonSettings(), bootstrap, topic, create_topic, timeout)
+    where = target(from_environment(CommonSettings), bootstrap, topic, create_topic, timeout)
     try:
         receipt = asyncio.run(emit(where, event))
     except (ProduceError, PublisherError, TopicProvisioningError) as error:
@@ -166,7 +166,7 @@ def schema(
     from contracts.asyncapi import asyncapi_document
     from contracts.schema import write_event_schemas, write_json
 
-    settings = CommonSettings()
+    settings = from_environment(CommonSettings)
     paths = write_event_schemas(out)
     paths.append(write_json(out / "asyncapi.json", asyncapi_document(
         events_topic=settings.focus_events_topic, dlq_topic=settings.focus_dlq_topic,

@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from focus.settings import ProjectorSettings
+from focus.settings import ProjectorSettings, from_environment
 
 if TYPE_CHECKING:
     from consumers.replay import ReplayReport
@@ -80,7 +80,7 @@ def replay(
     from focus.migrate import migrate
     from focus.servers import resolved
 
-    settings = resolved(ProjectorSettings())
+    settings = resolved(from_environment(ProjectorSettings))
     assert settings.kafka_bootstrap_servers
     assert settings.database_url
     chosen = frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None
@@ -127,7 +127,7 @@ def verify(
     """Check that every read model equals its definition; exit 1 on any mismatch."""
     from focus.servers import resolved
 
-    settings = resolved(ProjectorSettings())
+    settings = resolved(from_environment(ProjectorSettings))
     assert settings.kafka_bootstrap_servers
     assert settings.database_url
     report, broker_error = asyncio.run(_verify(settings, examples))

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from focus.cli_produce import Bootstrap, CreateTopic, Timeout, Topic
-from focus.settings import CommonSettings
+from focus.settings import CommonSettings, from_environment
 from producers.simulate import Profile, Simulation
 
 
@@ -87,8 +87,8 @@ def simulate(
             report = producing.generate_only(simulation, sink, advance)
             mode = "generated"
         else:
-            where = producing.target(CommonSettings(), bootstrap_servers, topic, create_topic,
-                                     timeout)
+            where = producing.target(from_environment(CommonSettings), bootstrap_servers,
+                                     topic, create_topic, timeout)
             try:
                 report = asyncio.run(producing.simulate(
                     where, simulation, rate=rate or None, progress=advance))

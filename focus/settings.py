@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class CommonSettings(BaseSettings):
@@ -52,3 +56,16 @@ class ProjectorSettings(CommonSettings):
         1, ge=1, le=64, description="Projector worker processes `focus project` runs on this "
         "machine (one per core; more than the partitions leaves some idle). 1: no supervisor.",
     )
+
+
+def from_environment(kind: type[S], **overrides: Any) -> S:
+    """``kind(**overrides)`` read from the environment; on invalid settings, exit with status 2
+    and one line per variable saying what is wrong (a command's user needs no traceback)."""
+    try:
+        return kind(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            where = f"{name}: " if name else ""
+            print(f"error: {where}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from focus.settings import ProjectorSettings
+from focus.settings import ProjectorSettings, from_environment
 
 log = logging.getLogger("focus.workers")  # also when run as __main__ (the workers)
 
@@ -190,7 +190,7 @@ def main(argv: Sequence[str]) -> None:
         return
     log.info("started (pid %d); stops when the supervisor (pid %d) does", os.getpid(),
              supervisor_pid)
-    asyncio.run(run_worker(ProjectorSettings()))
+    asyncio.run(run_worker(from_environment(ProjectorSettings)))
 
 
 if __name__ == "__main__":

@@ -166,6 +166,24 @@ def test_an_out_of_range_setting_is_named_in_the_error(monkeypatch: pytest.Monke
     assert "FOCUS_API_PORT" in result.stderr
 
 
+@pytest.mark.parametrize(("command", "variable", "value", "says"), [
+    (["project"], "FOCUS_PROJECTOR_PROCESSES", "0", "greater than or equal to 1"),
+    (["project"], "FOCUS_BATCH_MAX_RECORDS", "many", "valid integer"),
+    (["migrate"], "FOCUS_TOPIC_PARTITIONS", "-3", "greater than or equal to 1"),
+    (["replay", "--dry-run"], "FOCUS_SESSION_TIMEOUT_MS", "5", "greater than or equal to 1000"),
+    (["schema"], "FOCUS_TOPIC_PARTITIONS", "x", "valid integer"),
+])
+def test_every_command_names_an_invalid_setting_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], variable: str, value: str, says: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    result = focus(*command)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {variable}: "), result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.output
+
+
 # --- commands that need servers ---------------------------------------------------------------
 
 
