@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from uuid import UUID
 
 import pytest
 
@@ -80,6 +81,27 @@ def test_invalid_fields_are_poison_naming_the_field(change, field):
 def test_subject_must_name_the_session():
     body = json.loads(encode(ev.started("ada", T0)))
     body["subject"] = "something-else"
+    with pytest.raises(PoisonEvent, match="subject"):
+        decode(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("spelling", [
+    str.upper,  # the same UUID, upper case
+    lambda s: s.replace("-", ""),  # hex without hyphens
+    lambda s: "{" + s + "}",
+    lambda s: "urn:uuid:" + s,
+    lambda s: s[:8] + s[9:13] + "-" + s[8] + s[13:],  # a hyphen moved, same length
+    lambda s: s[:-1] + "-",  # a hyphen too many, one digit lost
+    lambda s: s + " ",
+    lambda s: s[:35],
+])
+def test_subject_must_be_the_session_id_exactly_as_str_writes_it(spelling):
+    # The hot-path check compares hex digits and hyphen positions instead of str(UUID); it
+    # must refuse every other spelling of the same UUID, as the plain comparison did.
+    sid = UUID("0f6b2c3e-9d4a-4e1b-8c7d-2a5f6e7d8c9b")  # has letters: upper case differs
+    body = json.loads(encode(ev.started("ada", T0, session_id=sid)))
+    body["subject"] = spelling(body["data"]["session_id"])
+    assert body["subject"] != body["data"]["session_id"]
     with pytest.raises(PoisonEvent, match="subject"):
         decode(json.dumps(body).encode())
 
