@@ -122,20 +122,18 @@ def derive(history: History) -> Derived:
     status[start.id.int] = Status.APPLIED
     user, t0 = start.data.user_id, start.data.started_at
 
-    def contradicts(event: Event, why: str) -> None:
-        status[event.id.int] = Status.CONTRADICTION
-        reasons[event.id.int] = why
-
     valid_ends: list[EndedEvent] = []
     for end in ends:
         if end.data.user_id != user:
-            contradicts(end, f"user_id {end.data.user_id!r} differs from the start's {user!r}")
+            _contradicts(status, reasons, end,
+                         f"user_id {end.data.user_id!r} differs from the start's {user!r}")
         elif end.data.ended_at < t0:
-            contradicts(end, f"ended_at {end.data.ended_at.isoformat()} is before started_at "
-                        f"{t0.isoformat()}")
+            _contradicts(status, reasons, end, f"ended_at {end.data.ended_at.isoformat()} is "
+                         f"before started_at {t0.isoformat()}")
         else:
             valid_ends.append(end)
-    winner = min(valid_ends, key=_end_order) if valid_ends else None
+    winner = (min(valid_ends, key=_end_order) if len(valid_ends) > 1
+              else valid_ends[0] if valid_ends else None)
     for end in valid_ends:
         status[end.id.int] = Status.APPLIED if end is winner else Status.SUPERSEDED
 
@@ -144,11 +142,12 @@ def derive(history: History) -> Derived:
     for interruption in interruptions:
         at = interruption.data.interrupted_at
         if interruption.data.user_id != user:
-            contradicts(interruption, f"user_id {interruption.data.user_id!r} differs from the "
-                        f"start's {user!r}")
+            _contradicts(status, reasons, interruption, f"user_id "
+                         f"{interruption.data.user_id!r} differs from the start's {user!r}")
         elif at < t0 or (t1 is not None and at > t1):
-            contradicts(interruption, f"interrupted_at {at.isoformat()} is outside the session "
-                        f"[{t0.isoformat()}, {t1.isoformat() if t1 else 'open'}]")
+            _contradicts(status, reasons, interruption, f"interrupted_at {at.isoformat()} is "
+                         f"outside the session [{t0.isoformat()}, "
+                         f"{t1.isoformat() if t1 else 'open'}]")
         else:
             status[interruption.id.int] = Status.APPLIED
             counted += 1
@@ -174,6 +173,13 @@ def derive(history: History) -> Derived:
         end_event_id=winner.id if winner else None,
     )
     return Derived(row, status, reasons)
+
+
+def _contradicts(status: dict[EventKey, Status], reasons: dict[EventKey, str], event: Event,
+                 why: str) -> None:
+    # not a closure inside derive: closing over status would slow every access to it there
+    status[event.id.int] = Status.CONTRADICTION
+    reasons[event.id.int] = why
 
 
 def _seconds(delta: timedelta) -> Decimal:
