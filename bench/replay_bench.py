@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from consumers.replay import Replayer  # noqa: E402
-from consumers.replay_follow import ReplayOptions, log_end_offsets  # noqa: E402
+from consumers.replay_follow import ReplayOptions, topic_log_ends  # noqa: E402
 from contracts.codec import encode  # noqa: E402
 from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
 from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
@@ -100,25 +99,13 @@ async def publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
         await kafka.stop()
 
 
-async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        return await log_end_offsets(consumer, tps)
-    finally:
-        await consumer.stop()
-
-
 async def live_projector(bootstrap: str, url: str, topic: str) -> tuple[float, float]:
     """The live projector, run as ``focus project`` runs it (``run_projector``): seconds from
     its first commit to caught up with the whole topic, and the group-join time before it."""
     settings = ProjectorSettings(kafka_bootstrap_servers=bootstrap, database_url=url,
                                  focus_events_topic=topic, focus_dlq_topic=f"{topic}.dlq",
                                  focus_consumer_group=f"bench-{topic}")
-    ends = await log_ends(bootstrap, topic)
+    ends = await topic_log_ends(bootstrap, topic)
     stopping = asyncio.Event()
     started, first = time.perf_counter(), None
     task = asyncio.create_task(run_projector(build_projector(settings), stopping))

@@ -98,6 +98,21 @@ async def log_end_offsets(
     return ends
 
 
+async def topic_log_ends(bootstrap: str, topic: str, *, timeout: float = 5.0) -> dict[int, int]:  # noqa: ASYNC109
+    """Every partition's log end offset of ``topic`` (:func:`log_end_offsets`), read by a
+    consumer of its own; ``timeout`` bounds connecting and each request."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(consumer.start(), timeout)
+        await consumer.topics()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        return await log_end_offsets(consumer, tps)
+    finally:
+        await consumer.stop()
+
+
 class Follower:
     def __init__(self, options: ReplayOptions, progress: ReplayProgress) -> None:
         self.options = options

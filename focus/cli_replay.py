@@ -147,29 +147,20 @@ def verify(
 
 
 async def _verify(settings: ProjectorSettings, examples: int) -> tuple[VerifyReport, str | None]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    from consumers.replay_follow import log_end_offsets
+    from consumers.replay_follow import topic_log_ends
     from projections.verify import verify as run
 
     assert settings.kafka_bootstrap_servers
     assert settings.database_url
     ends: dict[int, int] | None = None
     error: str | None = None
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                group_id=None, request_timeout_ms=5000)
     try:
-        await asyncio.wait_for(consumer.start(), 5)
-        topic = settings.focus_events_topic
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        ends = await log_end_offsets(consumer, tps)
+        ends = await topic_log_ends(settings.kafka_bootstrap_servers,
+                                    settings.focus_events_topic)
     except (KafkaError, OSError, TimeoutError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-    finally:
-        await consumer.stop()
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         report = await run(conn, topic=settings.focus_events_topic, log_ends=ends,
                            examples=examples)

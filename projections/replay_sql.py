@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, sql
 
 from projections.replay import Rollups
 from projections.repository import STATS_TYPES
+from projections.weekly_store import WEEKLY_TYPES
 
 #: The read models, in the order the live projector first touches them (lock order).
 READ_MODELS = (
@@ -24,7 +25,6 @@ READ_MODELS = (
 )
 #: Tables that hold one row per user-owned thing: what ``--users`` swaps.
 PER_USER = ("session_events", "focus_sessions", "focus_user_stats", "focus_user_weekly")
-WEEKLY_TYPES = ("varchar", "date", "int8", "int8", "numeric")
 
 
 class NotSwappable(RuntimeError):

@@ -27,6 +27,8 @@ from contracts.events import (
 )
 from projections.batch import Plan
 from projections.fold import History, SessionRow, extend
+from projections.rollups import UserDelta
+from projections.staging import stage
 from projections.weekly_store import apply_weekly
 
 SESSION_EVENT_COLUMNS = (
@@ -48,6 +50,7 @@ STATS_SUMS = (
     "sessions_started", "sessions_ended", "sessions_completed", "total_focus_seconds",
     "total_planned_minutes", "total_interruptions",
 )
+STATS_COLUMNS = ("user_id", *STATS_SUMS, "last_session_at")
 
 
 class Fenced(RuntimeError):
@@ -170,18 +173,8 @@ class ProjectionRepository:
 
     async def _upsert_sessions(self, cur: Any, rows: Sequence[SessionRow]) -> None:
         cols = sql.SQL(", ").join(map(sql.Identifier, SESSION_COLUMNS))
-        await cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS focus_sessions_batch"
-                " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            ).format(self._t("focus_sessions"))
-        )
-        async with cur.copy(
-            sql.SQL("COPY focus_sessions_batch ({}) FROM STDIN (FORMAT BINARY)").format(cols)
-        ) as copy:
-            copy.set_types(SESSION_TYPES)
-            for row in rows:
-                await copy.write_row(session_record(row))
+        await stage(cur, self._t("focus_sessions"), "focus_sessions_batch", SESSION_COLUMNS,
+                    SESSION_TYPES, map(session_record, rows))
         updates = sql.SQL(", ").join(
             sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
             for c in SESSION_COLUMNS[1:]
@@ -195,29 +188,15 @@ class ProjectionRepository:
 
     async def _apply_deltas(self, cur: Any, plan: Plan) -> None:
         users = sorted(plan.deltas)  # a stable lock order
-        cols = sql.SQL(", ").join(map(sql.Identifier, ("user_id", *STATS_SUMS, "last_session_at")))
+        cols = sql.SQL(", ").join(map(sql.Identifier, STATS_COLUMNS))
         sums = sql.SQL(", ").join(
             sql.SQL("{c} = {t}.{c} + EXCLUDED.{c}").format(
                 c=sql.Identifier(c), t=sql.Identifier("focus_user_stats")
             )
             for c in STATS_SUMS
         )
-        await cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS focus_user_stats_batch"
-                " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            ).format(self._t("focus_user_stats"))
-        )
-        async with cur.copy(
-            sql.SQL("COPY focus_user_stats_batch ({}) FROM STDIN (FORMAT BINARY)").format(cols)
-        ) as copy:
-            copy.set_types(STATS_TYPES)
-            for user in users:
-                d = plan.deltas[user]
-                await copy.write_row((
-                    user, d.sessions_started, d.sessions_ended, d.sessions_completed,
-                    d.focus_seconds, d.planned_minutes, d.interruptions, d.last_session_at,
-                ))
+        await stage(cur, self._t("focus_user_stats"), "focus_user_stats_batch", STATS_COLUMNS,
+                    STATS_TYPES, (stats_record(user, plan.deltas[user]) for user in users))
         await cur.execute(
             sql.SQL(
                 "INSERT INTO {target} AS focus_user_stats ({cols})"
@@ -236,6 +215,12 @@ class ProjectionRepository:
                 ).format(stats=self._t("focus_user_stats"), sessions=self._t("focus_sessions")),
                 (recompute,),
             )
+
+
+def stats_record(user: str, d: UserDelta) -> tuple[Any, ...]:
+    """One user's delta in ``STATS_COLUMNS`` order."""
+    return (user, d.sessions_started, d.sessions_ended, d.sessions_completed, d.focus_seconds,
+            d.planned_minutes, d.interruptions, d.last_session_at)
 
 
 def session_record(row: SessionRow) -> tuple[Any, ...]:

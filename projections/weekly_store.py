@@ -11,31 +11,24 @@ from typing import Any
 
 from psycopg import sql
 
+from projections.staging import stage
 from projections.weekly import WeekDelta, WeekKey
 
 WEEKLY_TABLE = "focus_user_weekly"
+WEEKLY_COLUMNS = ("user_id", "week_start", "sessions_ended", "sessions_completed", "focus_seconds")
+WEEKLY_TYPES = ("varchar", "date", "int8", "int8", "numeric")
 
 
 async def apply_weekly(cur: Any, schema: str, deltas: Mapping[WeekKey, WeekDelta]) -> None:
     """Add ``deltas`` to the weekly rows of ``schema``; delete weeks left with no ended session.
-
-    The deltas go in by binary COPY into a temporary table, as the per-user totals do: array
-    parameters cost Python work per element, and a batch touches thousands of weeks."""
+    The deltas are staged by binary COPY (:mod:`projections.staging`), as the totals are."""
     if not deltas:
         return
     table = sql.Identifier(schema, WEEKLY_TABLE)
-    await cur.execute(sql.SQL(
-        "CREATE TEMP TABLE IF NOT EXISTS focus_user_weekly_batch"
-        " (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(table))
-    async with cur.copy(
-        "COPY focus_user_weekly_batch (user_id, week_start, sessions_ended, sessions_completed,"
-        " focus_seconds) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(("varchar", "date", "int8", "int8", "numeric"))
-        for user, week in sorted(deltas):  # a stable lock order, as for the per-user totals
-            d = deltas[user, week]
-            await copy.write_row((user, week, d.sessions_ended, d.sessions_completed,
-                                  d.focus_seconds))
+    await stage(cur, table, "focus_user_weekly_batch", WEEKLY_COLUMNS, WEEKLY_TYPES, (
+        (user, week, d.sessions_ended, d.sessions_completed, d.focus_seconds)
+        # sorted: a stable lock order, as for the per-user totals
+        for (user, week), d in sorted(deltas.items())))
     await cur.execute(sql.SQL(
         "INSERT INTO {t} AS w (user_id, week_start, sessions_ended, sessions_completed,"
         " focus_seconds)"

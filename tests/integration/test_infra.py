@@ -21,7 +21,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from focus.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedServerError, free_port
 from focus.topics import (
@@ -38,6 +37,7 @@ from tests.support.infra import (
     create_database,
     docker_available,
     drop_database,
+    partition_count,
     proxy_target,
     through_proxy,
     with_database,
@@ -53,16 +53,6 @@ def scratch() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="focus-infra-test-"))
     yield path
     subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-async def _partitions(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-        return len(described["partitions"])
-    finally:
-        await admin.close()
 
 
 # --- Kafka ----------------------------------------------------------------------------------
@@ -97,9 +87,9 @@ async def test_fresh_topics_are_unique_and_have_the_requested_partitions(
     other = topic_factory(partitions=2)
     assert fresh_topics.dlq == fresh_topics.events + ".dlq"
     assert other.events != fresh_topics.events
-    assert await _partitions(kafka_bootstrap, fresh_topics.events) == 6
-    assert await _partitions(kafka_bootstrap, fresh_topics.dlq) == 1
-    assert await _partitions(kafka_bootstrap, other.events) == 2
+    assert await partition_count(kafka_bootstrap, fresh_topics.events) == 6
+    assert await partition_count(kafka_bootstrap, fresh_topics.dlq) == 1
+    assert await partition_count(kafka_bootstrap, other.events) == 2
 
 
 async def test_ensure_topics_accepts_existing_topics(
@@ -107,7 +97,7 @@ async def test_ensure_topics_accepts_existing_topics(
 ) -> None:
     await ensure_topics(kafka_bootstrap, {fresh_topics.events: 6, fresh_topics.dlq: 1})
     await ensure_topics(kafka_bootstrap, {fresh_topics.events: 3})  # more than asked is fine
-    assert await _partitions(kafka_bootstrap, fresh_topics.events) == 6
+    assert await partition_count(kafka_bootstrap, fresh_topics.events) == 6
 
 
 async def test_ensure_topics_refuses_an_existing_topic_with_fewer_partitions(

@@ -11,7 +11,6 @@ from collections import Counter
 import pytest
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from typer.testing import CliRunner
@@ -24,7 +23,7 @@ from producers.bulk import partition_for, publish_pairs
 from producers.publisher import Publisher, PublisherError
 from producers.simulate import Profile, generate
 from producers.sync import SyncPublisher
-from tests.support.infra import TopicSet, delete_topics
+from tests.support.infra import TopicSet, delete_topics, partition_count
 
 
 async def read_all(bootstrap: str, topics: TopicSet, expected: int) -> list[ConsumerRecord]:
@@ -155,19 +154,9 @@ def test_focus_emit_creates_a_missing_topic_with_the_configured_partitions(
         result = CliRunner().invoke(cli(), ["emit", "started", "-u", "user-f", "--topic", topic,
                                             "--bootstrap-servers", kafka_bootstrap])
         assert result.exit_code == 0, result.output
-        assert asyncio.run(_partition_count(kafka_bootstrap, topic)) == 6
+        assert asyncio.run(partition_count(kafka_bootstrap, topic)) == 6
     finally:
         delete_topics(kafka_bootstrap, [topic])
-
-
-async def _partition_count(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-        return len(described["partitions"])
-    finally:
-        await admin.close()
 
 
 def test_focus_simulate_publishes_what_it_reports(

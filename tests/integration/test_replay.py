@@ -8,11 +8,10 @@ import uuid
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import sql
 
 from consumers.replay import Replayer, ReplayReport
-from consumers.replay_follow import ReplayOptions, log_end_offsets
+from consumers.replay_follow import ReplayOptions, topic_log_ends
 from focus.migrate import migrate
 from producers import events as ev
 from projections.verify import VerifyReport, verify
@@ -31,21 +30,9 @@ def replayer(bootstrap: str, url: str, topic: str, **more: object) -> Replayer:
     return Replayer(options(bootstrap, url, topic, **more), migrate)
 
 
-async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(tps)
-        return await log_end_offsets(consumer, tps)
-    finally:
-        await consumer.stop()
-
-
 async def caught_up(bootstrap: str, url: str, topic: str, seconds: float = 120) -> None:
     """Wait until the live positions reach the true end of every partition."""
-    ends = await log_ends(bootstrap, topic)
+    ends = await topic_log_ends(bootstrap, topic)
     deadline = time.monotonic() + seconds
     while True:
         stored = positions(url, topic)
@@ -135,7 +122,7 @@ def check_weekly_only_new(report: ReplayReport) -> None:
 
 async def verify_db(url: str, topic: str, bootstrap: str) -> VerifyReport:
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        return await verify(conn, topic=topic, log_ends=await log_ends(bootstrap, topic))
+        return await verify(conn, topic=topic, log_ends=await topic_log_ends(bootstrap, topic))
 
 
 @pytest.mark.parametrize("live_is", ["caught up", "behind"])

@@ -267,3 +267,16 @@ def delete_topics(bootstrap: str, names: list[str]) -> None:
         run_coroutine_sync(delete())
     except Exception as error:
         log.warning("could not delete test topics %s: %s", names, error)
+
+
+async def partition_count(bootstrap: str, topic: str) -> int:
+    """How many partitions the broker says ``topic`` has."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return len(described["partitions"])
+    finally:
+        await admin.close()
