@@ -48,12 +48,20 @@ class Contradiction:
 class Plan:
     new_events: list[NewEvent] = field(default_factory=list)
     status_changes: list[tuple[UUID, UUID, Status]] = field(default_factory=list)
-    rows: list[SessionRow] = field(default_factory=list)
+    #: Rows of sessions that had none before this batch (their start is new)...
+    new_rows: list[SessionRow] = field(default_factory=list)
+    #: ... and rows that replace an existing one.
+    changed_rows: list[SessionRow] = field(default_factory=list)
     deltas: dict[str, UserDelta] = field(default_factory=dict)
     weekly: dict[WeekKey, WeekDelta] = field(default_factory=dict)
     contradictions: list[Contradiction] = field(default_factory=list)
     histories: dict[UUID, History] = field(default_factory=dict)
     duplicates: int = 0
+
+    @property
+    def rows(self) -> list[SessionRow]:
+        """Every row this batch writes, new or changed."""
+        return self.new_rows + self.changed_rows
 
 
 def session_ids(batch: Iterable[Located]) -> list[UUID]:
@@ -105,7 +113,7 @@ def _diff(
             out.contradictions.append(Contradiction(event, new.reasons[key], located))
     if new.row != old.row:
         assert new.row is not None  # a session never loses its start
-        out.rows.append(new.row)
+        (out.new_rows if old.row is None else out.changed_rows).append(new.row)
         user = new.row.user_id
         if user not in out.deltas:
             out.deltas[user] = UserDelta()

