@@ -34,15 +34,17 @@ DEFAULT_PLANNED_MINUTES = 25
 
 #: User ids are opaque, but bounded: 1-255 printable characters without whitespace or slashes,
 #: so they are safe as Kafka keys, URL path segments and log fields.
+USER_ID_PATTERN: Final = r"^[A-Za-z0-9._:@+\-|=~]+$"
 UserId = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:@+\-|=~]+$"),
+    StringConstraints(min_length=1, max_length=255, pattern=USER_ID_PATTERN),
 ]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
 @lru_cache(maxsize=4096)  # on the hot path of every start event; zones are few
-def _known_zone(value: str) -> str:
+def known_zone(value: str) -> str:
+    """``value`` if it names an IANA time zone, else ``ValueError``."""
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -53,7 +55,7 @@ def _known_zone(value: str) -> str:
 TimeZone = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64),
-    AfterValidator(_known_zone),
+    AfterValidator(known_zone),
 ]
 
 
