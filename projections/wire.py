@@ -1,0 +1,171 @@
+"""The projection's decoder: the contract's events, decoded at a third of the cost.
+
+:mod:`contracts.codec` (pydantic) is the contract and the authority on what is valid. The
+projector and the replay decode every event of the log, and pydantic models are costly there:
+two models per event, each with its own ``__dict__``, all tracked by the garbage collector.
+This module mirrors the contract's event types as msgspec structs (no ``__dict__``, never
+tracked by the collector) with the same fields, defaults and bounds.
+
+The mirror is only a fast path. :func:`decode_message` gives exactly the answers of
+:func:`contracts.codec.decode_message`:
+
+- what msgspec accepts is valid for the contract too, with equal values (a differential
+  property test holds the two to that: ``tests/unit/test_wire.py``);
+- everything msgspec refuses — malformed or invalid bytes, but also valid spellings only
+  pydantic's lax mode takes, such as ``"25"`` for an integer — goes to the contract's decoder,
+  which returns its event or raises its :class:`~contracts.codec.PoisonEvent`.
+
+So the fold sees either kind of event, with the same attribute names and types
+(:data:`AnyEvent`); events rebuilt from PostgreSQL stay pydantic models.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+from contracts.codec import PoisonEvent
+from contracts.codec import decode_message as contract_decode
+from contracts.codec import encode as contract_encode
+from contracts.events import (
+    DEFAULT_PLANNED_MINUTES,
+    ENDED_V1,
+    ENDED_V2,
+    INTERRUPTED_V1,
+    MAX_PLANNED_MINUTES,
+    MIN_PLANNED_MINUTES,
+    STARTED_V1,
+    USER_ID_PATTERN,
+    EndedEvent,
+    Event,
+    InterruptedEvent,
+    StartedEvent,
+    known_zone,
+)
+
+# pydantic's patterns are Rust regexes, where ``$`` is the end of the text; msgspec uses
+# Python's ``re``, where ``$`` also matches before a final newline: ``\Z`` keeps them equal.
+_UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=255,
+                                      pattern=USER_ID_PATTERN.removesuffix("$") + r"\Z")]
+_Aware = Annotated[datetime, msgspec.Meta(tz=True)]  # AwareDatetime
+_Count = Annotated[int, msgspec.Meta(ge=0, le=10_000)]
+
+
+class _Data(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False, kw_only=True):
+    session_id: UUID
+    user_id: _UserId
+
+
+class StartedData(_Data, frozen=True, kw_only=True):
+    step_id: UUID | None = None
+    duration_minutes: Annotated[int, msgspec.Meta(ge=MIN_PLANNED_MINUTES,
+                                                  le=MAX_PLANNED_MINUTES)] = (
+        DEFAULT_PLANNED_MINUTES)
+    started_at: _Aware
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class InterruptedData(_Data, frozen=True, kw_only=True):
+    interrupted_at: _Aware
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class EndedV1Data(_Data, frozen=True, kw_only=True):
+    ended_at: _Aware
+    completed: bool
+    interruptions: _Count | None = None
+
+
+class EndedData(_Data, frozen=True, kw_only=True):
+    ended_at: _Aware
+    outcome: Literal["completed", "abandoned", "cancelled"]
+    reported_interruptions: _Count | None = None
+    focus_quality: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome == "completed"
+
+
+class _Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False, kw_only=True,
+                tag_field="type"):
+    specversion: Literal["1.0"] = "1.0"
+    id: UUID
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    time: _Aware
+    subject: str
+    datacontenttype: Literal["application/json"] = "application/json"
+
+
+class Started(_Envelope, frozen=True, kw_only=True, tag=STARTED_V1):
+    data: StartedData
+
+
+class Interrupted(_Envelope, frozen=True, kw_only=True, tag=INTERRUPTED_V1):
+    data: InterruptedData
+
+
+class _EndedV1(_Envelope, frozen=True, kw_only=True, tag=ENDED_V1):
+    data: EndedV1Data
+
+
+class Ended(_Envelope, frozen=True, kw_only=True, tag=ENDED_V2):
+    data: EndedData
+
+
+WireEvent = Started | Interrupted | Ended
+#: What the fold takes: a contract event (rebuilt from PostgreSQL, or decoded by pydantic)
+#: or its mirror (decoded here).
+AnyEvent = Event | WireEvent
+#: For ``isinstance``: either kind of each event type.
+STARTED = (StartedEvent, Started)
+INTERRUPTED = (InterruptedEvent, Interrupted)
+ENDED = (EndedEvent, Ended)
+
+_decoder = msgspec.json.Decoder(Started | Interrupted | _EndedV1 | Ended)
+#: More than six fractional digits: msgspec rounds them to the microsecond, pydantic truncates.
+#: (Anywhere in the bytes, so a reason text can trigger it too; the fallback is only slower.)
+_SUB_MICROSECOND = re.compile(rb"\.[0-9]{7}")
+
+
+def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
+    """:func:`contracts.codec.decode_message`, answered by msgspec when it can."""
+    if not value or _SUB_MICROSECOND.search(value):
+        return contract_decode(key, value)
+    try:
+        event: Started | Interrupted | _EndedV1 | Ended = _decoder.decode(value)
+    except msgspec.MsgspecError:
+        return contract_decode(key, value)  # invalid, or valid only in pydantic's lax mode
+    data = event.data
+    if type(data) is StartedData and data.time_zone is not None:
+        try:
+            known_zone(data.time_zone)
+        except ValueError:
+            return contract_decode(key, value)  # the contract says why
+    # the same checks, in the same order, as contracts.codec.decode_message
+    subject = event.subject
+    if (len(subject) != 36 or subject.replace("-", "") != data.session_id.hex
+            or not subject[8] == subject[13] == subject[18] == subject[23] == "-"):
+        raise PoisonEvent("invalid", "subject must equal data.session_id")
+    if key is not None and key != data.user_id.encode():
+        raise PoisonEvent("key-mismatch", "the Kafka key must equal data.user_id (per-user order)")
+    if type(event) is _EndedV1:
+        v1 = event.data
+        return Ended(id=event.id, source=event.source, time=event.time, subject=subject,
+                     data=EndedData(session_id=v1.session_id, user_id=v1.user_id,
+                                    ended_at=v1.ended_at,
+                                    outcome="completed" if v1.completed else "abandoned",
+                                    reported_interruptions=v1.interruptions))
+    assert not isinstance(event, _EndedV1)
+    return event
+
+
+def encode(event: AnyEvent) -> bytes:
+    """CloudEvents structured JSON of either kind of event (as :func:`contracts.codec.encode`)."""
+    if isinstance(event, Started | Interrupted | Ended):
+        return msgspec.json.encode(event)
+    return contract_encode(event)
