@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts import topics
-from contracts.codec import encode
 from projections.batch import Contradiction
+from projections.wire import encode
 
 
 @dataclass(frozen=True, slots=True)

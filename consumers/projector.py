@@ -23,9 +23,10 @@ from aiokafka.errors import KafkaError
 
 from consumers.backoff import Backoff
 from consumers.dlq import DeadLetter, contradiction_letter, dead_letter
-from contracts.codec import PoisonEvent, decode_message
+from contracts.codec import PoisonEvent
 from projections.batch import Located, plan, session_ids
 from projections.repository import Advance, Fenced, ProjectionRepository
+from projections.wire import decode_message
 
 log = logging.getLogger(__name__)
 

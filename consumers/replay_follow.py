@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection
 
-from contracts.codec import PoisonEvent, decode_message
+from contracts.codec import PoisonEvent
 from projections import replay_sql
 from projections.batch import Located, plan, session_ids
 from projections.repository import (
@@ -29,6 +29,7 @@ from projections.repository import (
     Advance,
     ProjectionRepository,
 )
+from projections.wire import decode_message
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
-from contracts.events import Event
 from projections.fold import Derived, EventKey, History, SessionRow, Status, derive, extend
 from projections.rollups import UserDelta
 from projections.weekly import WeekDelta, WeekKey
 from projections.weekly import accumulate as add_weeks
 from projections.weekly import delta as week_delta
+from projections.wire import AnyEvent
 
 
 class Located(NamedTuple):
@@ -24,7 +24,7 @@ class Located(NamedTuple):
 
     A NamedTuple: one is built per event on the projector's hot path."""
 
-    event: Event
+    event: AnyEvent
     partition: int
     offset: int
     raw: bytes | None = None
@@ -39,7 +39,7 @@ class NewEvent(NamedTuple):  # one per event: a tuple is the cheapest record to 
 class Contradiction:
     """An event that just became contradictory: it goes to the dead-letter topic."""
 
-    event: Event
+    event: AnyEvent
     reason: str
     located: Located | None  # None when the event was stored by an earlier batch
 
@@ -72,7 +72,7 @@ def session_ids(batch: Iterable[Located]) -> list[UUID]:
 def plan(prior: Mapping[UUID, History], batch: Iterable[Located]) -> Plan:
     """Fold a batch into the prior histories; return the writes and the new histories."""
     result = Plan()
-    by_session: dict[int, list[Event]] = {}  # by UUID.int, as events are (see EventKey)
+    by_session: dict[int, list[AnyEvent]] = {}  # by UUID.int, as events are (see EventKey)
     located_by_id: dict[EventKey, Located] = {}
     for item in batch:
         event = item.event

@@ -16,7 +16,8 @@ from enum import StrEnum
 from typing import NamedTuple
 from uuid import UUID
 
-from contracts.events import EndedEvent, Event, InterruptedEvent, StartedEvent
+from contracts.events import EndedEvent, InterruptedEvent, StartedEvent
+from projections.wire import ENDED, STARTED, AnyEvent, Ended, Interrupted, Started
 
 _MICROS = Decimal(1_000_000)
 
@@ -37,7 +38,7 @@ EventKey = int
 class History:
     """Everything known about one session: its events, by event id (the dedupe key)."""
 
-    events: dict[EventKey, Event] = field(default_factory=dict)
+    events: dict[EventKey, AnyEvent] = field(default_factory=dict)
 
     def __contains__(self, event_id: UUID) -> bool:
         return event_id.int in self.events
@@ -46,12 +47,12 @@ class History:
         return len(self.events)
 
 
-def apply(history: History, event: Event) -> History:
+def apply(history: History, event: AnyEvent) -> History:
     """Add one event to a session's history. A known event id changes nothing (dedupe)."""
     return extend(history, [event])[0]
 
 
-def extend(history: History, events: Iterable[Event]) -> tuple[History, int]:
+def extend(history: History, events: Iterable[AnyEvent]) -> tuple[History, int]:
     """Add many events at once (one copy); return the new history and how many were known."""
     new = dict(history.events)
     known = 0
@@ -101,13 +102,13 @@ def derive(history: History) -> Derived:
     """The row and every event's status, decided only by the events' content."""
     status: dict[EventKey, Status] = {}
     reasons: dict[EventKey, str] = {}
-    starts: list[StartedEvent] = []
-    ends: list[EndedEvent] = []
-    interruptions: list[InterruptedEvent] = []
+    starts: list[StartedEvent | Started] = []
+    ends: list[EndedEvent | Ended] = []
+    interruptions: list[InterruptedEvent | Interrupted] = []
     for event in history.events.values():
-        if isinstance(event, StartedEvent):
+        if isinstance(event, STARTED):
             starts.append(event)
-        elif isinstance(event, EndedEvent):
+        elif isinstance(event, ENDED):
             ends.append(event)
         else:
             interruptions.append(event)
@@ -122,7 +123,7 @@ def derive(history: History) -> Derived:
     status[start.id.int] = Status.APPLIED
     user, t0 = start.data.user_id, start.data.started_at
 
-    valid_ends: list[EndedEvent] = []
+    valid_ends: list[EndedEvent | Ended] = []
     for end in ends:
         if end.data.user_id != user:
             _contradicts(status, reasons, end,
@@ -175,7 +176,7 @@ def derive(history: History) -> Derived:
     return Derived(row, status, reasons)
 
 
-def _contradicts(status: dict[EventKey, Status], reasons: dict[EventKey, str], event: Event,
+def _contradicts(status: dict[EventKey, Status], reasons: dict[EventKey, str], event: AnyEvent,
                  why: str) -> None:
     # not a closure inside derive: closing over status would slow every access to it there
     status[event.id.int] = Status.CONTRADICTION
@@ -187,9 +188,9 @@ def _seconds(delta: timedelta) -> Decimal:
     return Decimal(micros) / _MICROS
 
 
-def _start_order(event: StartedEvent) -> tuple[datetime, UUID]:
+def _start_order(event: StartedEvent | Started) -> tuple[datetime, UUID]:
     return event.data.started_at, event.id
 
 
-def _end_order(event: EndedEvent) -> tuple[datetime, UUID]:
+def _end_order(event: EndedEvent | Ended) -> tuple[datetime, UUID]:
     return event.data.ended_at, event.id

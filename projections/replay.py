@@ -15,13 +15,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from contracts.events import Event
 from projections import weekly
 from projections.fold import EventKey, History, SessionRow, derive
 from projections.rollups import UserDelta
+from projections.wire import AnyEvent
 
 #: ``(event, partition, offset)``: an accepted event and where the log first held it.
-Placed = tuple[Event, int, int]
+Placed = tuple[AnyEvent, int, int]
 
 
 @dataclass(slots=True)
@@ -87,7 +87,7 @@ class ShadowState:
         self.events = 0
         self.duplicates = 0
 
-    def add(self, event: Event, partition: int, offset: int) -> bool:
+    def add(self, event: AnyEvent, partition: int, offset: int) -> bool:
         """Remember one event; ``False`` for a duplicate (an event id the session already has)."""
         sid = event.data.session_id
         session = self.sessions.get(sid)

@@ -30,6 +30,7 @@ from projections.fold import History, SessionRow, extend
 from projections.rollups import UserDelta
 from projections.staging import stage
 from projections.weekly_store import apply_weekly
+from projections.wire import INTERRUPTED, STARTED, AnyEvent
 
 SESSION_EVENT_COLUMNS = (
     "session_id", "event_id", "user_id", "kind", "status", "occurred_at", "recorded_at",
@@ -240,15 +241,15 @@ def session_record(row: SessionRow) -> tuple[Any, ...]:
     return row  # a SessionRow is already a tuple in SESSION_COLUMNS order
 
 
-def event_record(event: Event, status: str, partition: int, offset: int) -> tuple[Any, ...]:
+def event_record(event: AnyEvent, status: str, partition: int, offset: int) -> tuple[Any, ...]:
     """One ``session_events`` row: the event reduced to the fields the fold needs."""
     d = event.data
     base = (d.session_id, event.id, d.user_id)
-    if isinstance(event, StartedEvent):
+    if isinstance(event, STARTED):
         s = event.data
         return (*base, "started", status, s.started_at, event.time, event.source, s.step_id,
                 s.duration_minutes, s.time_zone, None, None, None, None, partition, offset)
-    if isinstance(event, InterruptedEvent):
+    if isinstance(event, INTERRUPTED):
         i = event.data
         return (*base, "interrupted", status, i.interrupted_at, event.time, event.source, None,
                 None, None, i.reason, None, None, None, partition, offset)
