@@ -18,6 +18,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from psycopg.adapt import Transformer  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
 from consumers.projector import Projector  # noqa: E402
+from contracts.codec import decode_message as contract_decode  # noqa: E402
 from focus.bootstrap import GC_THRESHOLDS  # noqa: E402
 from producers.bulk import partition_for  # noqa: E402
 from producers.simulate import generate  # noqa: E402
@@ -40,6 +42,7 @@ from projections.repository import (  # noqa: E402
     event_record,
     session_record,
 )
+from projections.wire import decode_message  # noqa: E402
 
 PARTITIONS = 6
 
@@ -67,6 +70,11 @@ def batches(events: int, users: int, size: int) -> list[list[list[_Record]]]:
     for start in range(0, max(len(rs) for rs in per_partition), share):
         polls.append([rs[start:start + share] for rs in per_partition if rs[start:start + share]])
     return polls
+
+
+def _decode_all(fn: Callable[[bytes | None, bytes | None], object],
+                records: list[tuple[bytes | None, bytes | None]]) -> list[object]:
+    return [fn(k, v) for k, v in records]
 
 
 def best(repeat: int, run: Callable[[], Any]) -> float:
@@ -120,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in stages.items():
         print(f"{name:>8}: {seconds * 1e6 / total:6.2f} us/event")
     print(f"{'total':>8}: {sum(stages.values()) * 1e6 / total:6.2f} us/event")
+
+    # the decoders alone, side by side: the projection's msgspec mirror and the pydantic contract
+    records = [(r.key, r.value) for poll in polled for rs in poll for r in rs]
+    decoders: dict[str, Callable[[bytes | None, bytes | None], object]] = {
+        "msgspec mirror": decode_message, "pydantic contract": contract_decode}
+    for name, fn in decoders.items():
+        seconds = best(args.repeat, partial(_decode_all, fn, records))
+        print(f"decoder alone, {name}: {seconds * 1e6 / total:5.2f} us/event")
     return 0
 
 
