@@ -62,6 +62,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
+from bench import python_speed  # noqa: E402
 from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
 from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from focus.migrate import migrate  # noqa: E402
@@ -586,7 +587,8 @@ def load() -> str:
 async def bench(s: Servers, args: argparse.Namespace) -> bool:
     """Publish, measure the consumers, print the figures; True if the projectors are correct."""
     print(f"servers: {s.origin}; {postgres_facts(s.server_url)}")
-    print(f"machine: {os.cpu_count()} CPUs; load average at start {load()}", flush=True)
+    print(f"machine: {os.cpu_count()} CPUs; load average at start {load()}; {python_speed()}",
+          flush=True)
     t = time.perf_counter()
     stream = await publish_stream(s, args.events, args.users, args.seed)
     print(f"published {stream.events:,} events ({stream.size / stream.events:.0f} B each,"

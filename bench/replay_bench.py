@@ -33,6 +33,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
+from bench import python_speed  # noqa: E402
 from consumers.replay import Replayer  # noqa: E402
 from consumers.replay_follow import ReplayOptions, topic_log_ends  # noqa: E402
 from contracts.codec import encode  # noqa: E402
@@ -127,6 +128,7 @@ async def live_projector(bootstrap: str, url: str, topic: str) -> tuple[float, f
 async def main(args: argparse.Namespace) -> None:
     topic = f"focus.bench.{uuid.uuid4().hex[:10]}"
     await ensure_topics(args.bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
+    print(f"machine: {os.cpu_count()} CPUs; {python_speed()}", flush=True)
     t = time.perf_counter()
     messages = sessions(args.events, args.users)
     print(f"built {len(messages):,} events in {time.perf_counter() - t:.1f} s", flush=True)
