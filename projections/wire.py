@@ -28,7 +28,7 @@ from uuid import UUID
 
 import msgspec
 
-from contracts.codec import PoisonEvent
+from contracts.codec import check_message
 from contracts.codec import decode_message as contract_decode
 from contracts.codec import encode as contract_encode
 from contracts.events import (
@@ -146,16 +146,10 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
             known_zone(data.time_zone)
         except ValueError:
             return contract_decode(key, value)  # the contract says why
-    # the same checks, in the same order, as contracts.codec.decode_message
-    subject = event.subject
-    if (len(subject) != 36 or subject.replace("-", "") != data.session_id.hex
-            or not subject[8] == subject[13] == subject[18] == subject[23] == "-"):
-        raise PoisonEvent("invalid", "subject must equal data.session_id")
-    if key is not None and key != data.user_id.encode():
-        raise PoisonEvent("key-mismatch", "the Kafka key must equal data.user_id (per-user order)")
+    check_message(key, event.subject, data.session_id, data.user_id)
     if type(event) is _EndedV1:
         v1 = event.data
-        return Ended(id=event.id, source=event.source, time=event.time, subject=subject,
+        return Ended(id=event.id, source=event.source, time=event.time, subject=event.subject,
                      data=EndedData(session_id=v1.session_id, user_id=v1.user_id,
                                     ended_at=v1.ended_at,
                                     outcome="completed" if v1.completed else "abandoned",
