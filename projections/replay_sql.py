@@ -197,26 +197,50 @@ async def swap_schemas(
 TABLE_PRIVILEGES = frozenset({
     "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN",
 })
+#: The privileges PostgreSQL grants on single columns.
+COLUMN_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "REFERENCES"})
+
+#: Every grant on a table and on its columns (``column`` is NULL for the table's own ACL), the
+#: owner's implicit rights excluded.
+_GRANTS = """
+SELECT NULL::name, a.privilege_type, a.grantee = 0, coalesce(r.rolname, ''), a.is_grantable
+  FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+ WHERE c.oid = %(t)s::regclass AND a.grantee <> c.relowner
+UNION ALL
+SELECT att.attname, a.privilege_type, a.grantee = 0, coalesce(r.rolname, ''), a.is_grantable
+  FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid,
+       aclexplode(att.attacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee
+ WHERE c.oid = %(t)s::regclass AND NOT att.attisdropped AND a.grantee <> c.relowner
+"""
 
 
 async def copy_grants(conn: AsyncConnection[Any], source: sql.Identifier,
                       target: sql.Identifier) -> None:
-    """Give ``target`` the table privileges others hold on ``source``.
+    """Give ``target`` the owner of ``source`` and every privilege others hold on it.
 
     The shadow tables are new: without this, a least-privilege API role that may SELECT the
-    live tables would be refused on the swapped-in ones. The owner's own rights and column
-    privileges are not copied (the replay runs as the tables' owner; columns are granted by
-    table here)."""
-    cur = await conn.execute(
-        "SELECT a.privilege_type, a.grantee = 0, coalesce(r.rolname, ''), a.is_grantable"
-        " FROM pg_class c, aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee"
-        " WHERE c.oid = %s::regclass AND a.grantee <> c.relowner",
-        (source.as_string(conn),))
-    for privilege, public, role, grantable in await cur.fetchall():
-        if privilege not in TABLE_PRIVILEGES:
+    live tables (or some of their columns) would be refused on the swapped-in ones, and a
+    replay run by another role than the owner would leave the tables owned by that role. When
+    the replay's role may not give the tables to the owner, the swap fails and nothing moves.
+    """
+    owners = await conn.execute(
+        "SELECT pg_get_userbyid(s.relowner), pg_get_userbyid(t.relowner)"
+        " FROM pg_class s, pg_class t WHERE s.oid = %s::regclass AND t.oid = %s::regclass",
+        (source.as_string(conn), target.as_string(conn)))
+    row = await owners.fetchone()
+    assert row is not None  # both tables exist: the swap just listed them
+    if row[0] != row[1]:
+        await conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+            target, sql.Identifier(row[0])))
+    cur = await conn.execute(_GRANTS, {"t": source.as_string(conn)})
+    for column, privilege, public, role, grantable in await cur.fetchall():
+        allowed = TABLE_PRIVILEGES if column is None else COLUMN_PRIVILEGES
+        if privilege not in allowed:
             raise NotSwappable(f"unknown privilege {privilege!r} on {source.as_string(conn)}")
-        await conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-            sql.SQL(privilege), target, sql.SQL("PUBLIC") if public else sql.Identifier(role),
+        await conn.execute(sql.SQL("GRANT {}{} ON {} TO {}{}").format(
+            sql.SQL(privilege),
+            sql.SQL("") if column is None else sql.SQL(" ({})").format(sql.Identifier(column)),
+            target, sql.SQL("PUBLIC") if public else sql.Identifier(role),
             sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
 
 

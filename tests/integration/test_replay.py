@@ -74,23 +74,30 @@ async def test_replay_of_a_simulated_log_equals_the_live_tables(
         assert schemas.fetchall() == []
 
 
-async def test_the_swapped_in_tables_keep_the_live_tables_grants(
+async def test_the_swapped_in_tables_keep_the_live_tables_owner_and_grants(
     kafka_bootstrap, fresh_database, fresh_topics
 ):
-    """A least-privilege reader (say, the API's role) may read the live tables; after a swap it
-    must still be able to: the shadow tables are new tables."""
-    reader, auditor = (f"focus_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("reader", "auditor"))
+    """A least-privilege reader (say, the API's role) may read the live tables, or some of their
+    columns; after a swap it must still be able to, and the tables keep their owner even when
+    the replay runs as another role: the shadow tables are new tables."""
+    reader, auditor, columns, owner = (f"focus_{kind}_{uuid.uuid4().hex[:8]}"
+                                       for kind in ("reader", "auditor", "columns", "owner"))
+    roles = (reader, auditor, columns, owner)
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
     async with running_projector(s):
         await publish(kafka_bootstrap, fresh_topics.events, stream(300, users=5))
         await caught_up(kafka_bootstrap, fresh_database, fresh_topics.events)
     with psycopg.connect(fresh_database, autocommit=True) as conn:
-        for role in (reader, auditor):
+        for role in roles:
             conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT SELECT ON focus_sessions, focus_user_stats TO {}")
                      .format(sql.Identifier(reader)))
         conn.execute(sql.SQL("GRANT SELECT, DELETE ON session_events TO {} WITH GRANT OPTION")
                      .format(sql.Identifier(auditor)))
+        conn.execute(sql.SQL("GRANT SELECT (user_id, sessions_started) ON focus_user_stats TO {}")
+                     .format(sql.Identifier(columns)))
+        conn.execute(sql.SQL("ALTER TABLE focus_user_weekly OWNER TO {}")
+                     .format(sql.Identifier(owner)))
     try:
         report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run()
         assert report.swapped
@@ -100,17 +107,37 @@ async def test_the_swapped_in_tables_keep_the_live_tables_grants(
                                    (role, f"public.{table}", privilege)).fetchone()
                 return bool(row and row[0])
 
+            def may_read(role: str, table: str, column: str) -> bool:
+                row = conn.execute("SELECT has_column_privilege(%s, %s, %s, 'SELECT')",
+                                   (role, f"public.{table}", column)).fetchone()
+                return bool(row and row[0])
+
+            def owner_of(table: str) -> str:
+                row = conn.execute("SELECT tableowner FROM pg_tables"
+                                   " WHERE schemaname = 'public' AND tablename = %s",
+                                   (table,)).fetchone()
+                assert row is not None
+                return str(row[0])
+
             assert may(reader, "focus_sessions", "SELECT")
             assert may(reader, "focus_user_stats", "SELECT")
             assert not may(reader, "focus_sessions", "INSERT")
             assert not may(reader, "session_events", "SELECT")
             assert may(auditor, "session_events", "DELETE WITH GRANT OPTION")
             assert not may(auditor, "focus_sessions", "SELECT")
+            assert may_read(columns, "focus_user_stats", "sessions_started")
+            assert not may_read(columns, "focus_user_stats", "total_focus_seconds")
+            assert not may(columns, "focus_user_stats", "SELECT")
+            assert owner_of("focus_user_weekly") == owner
+            assert owner_of("focus_sessions") == owner_of("projector_positions") != owner
     finally:
         with psycopg.connect(fresh_database, autocommit=True) as conn:
-            for role in (reader, auditor):
-                conn.execute(sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(
-                    sql.Identifier(role), sql.Identifier(role)))
+            me = conn.execute("SELECT current_user").fetchone()
+            assert me is not None
+            for role in roles:
+                conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}; DROP OWNED BY {}; DROP ROLE {}")
+                             .format(sql.Identifier(role), sql.Identifier(me[0]),
+                                     sql.Identifier(role), sql.Identifier(role)))
 
 
 def check_weekly_only_new(report: ReplayReport) -> None:
