@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.integration.api_harness import SERVICE, Api, api_settings, running_api
-from tests.support.infra import TopicSet
+from tests.integration.api_harness import SERVICE, Api
 
 
 @pytest.fixture
-async def api(kafka_bootstrap: str, fresh_database: str, fresh_topics: TopicSet
-              ) -> AsyncIterator[Api]:
-    settings = api_settings(kafka_bootstrap, fresh_database, fresh_topics,
-                            focus_api_wait_ms=10_000)
-    async with running_api(settings, projector_kafka=kafka_bootstrap, topics=fresh_topics) as a:
-        yield a
+def api(projected_api: Api) -> Api:
+    return projected_api
 
 
 async def test_start_interrupt_end_then_read_sessions_and_analytics(api: Api) -> None:

@@ -4,7 +4,6 @@ Kafka is unreachable (and the read side keeps serving)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -22,12 +21,8 @@ from tests.support.proxy import TcpProxy
 
 
 @pytest.fixture
-async def api(kafka_bootstrap: str, fresh_database: str, fresh_topics: TopicSet
-              ) -> AsyncIterator[Api]:
-    settings = api_settings(kafka_bootstrap, fresh_database, fresh_topics,
-                            focus_api_wait_ms=10_000)
-    async with running_api(settings, projector_kafka=kafka_bootstrap, topics=fresh_topics) as a:
-        yield a
+def api(projected_api: Api) -> Api:
+    return projected_api
 
 
 def _count(url: str, table: str) -> int:
