@@ -1,4 +1,4 @@
-"""The projection's decoder: the contract's events, decoded at a third of the cost.
+"""The projection's decoder: the contract's events, decoded at a little over half the cost.
 
 :mod:`contracts.codec` (pydantic) is the contract and the authority on what is valid. The
 projector and the replay decode every event of the log, and pydantic models are costly there:
@@ -13,7 +13,9 @@ The mirror is only a fast path. :func:`decode_message` gives exactly the answers
   property test holds the two to that: ``tests/unit/test_wire.py``);
 - everything msgspec refuses — malformed or invalid bytes, but also valid spellings only
   pydantic's lax mode takes, such as ``"25"`` for an integer — goes to the contract's decoder,
-  which returns its event or raises its :class:`~contracts.codec.PoisonEvent`.
+  which returns its event or raises its :class:`~contracts.codec.PoisonEvent`;
+- so does anything with more than six fractional digits of a second (msgspec rounds them,
+  pydantic truncates) and a time zone the zone database does not know.
 
 So the fold sees either kind of event, with the same attribute names and types
 (:data:`AnyEvent`); events rebuilt from PostgreSQL stay pydantic models.
