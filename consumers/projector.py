@@ -148,6 +148,7 @@ class Projector:
 
     async def project(self, decoded: Decoded) -> None:
         """Apply one decoded batch: retried with backoff until it commits or is fenced."""
+        generation = self._generation
         advances = [Advance(s.partition, self.expected[s.partition], s.last_offset + 1,
                             s.last_event_time) for s in decoded.spans]
         if log.isEnabledFor(logging.DEBUG):
@@ -169,7 +170,9 @@ class Projector:
             except Fenced as exc:
                 self.stats.fenced += 1
                 log.warning("batch dropped: %s", exc)
-                await self._resync([a.partition for a in advances])
+                # another writer (a replay's swap) may have moved any partition, not only
+                # this batch's: read every owned position again
+                await self.on_assigned(list(self.expected))
                 return
             except (psycopg.OperationalError, KafkaError, OSError) as exc:
                 attempt += 1
@@ -182,8 +185,12 @@ class Projector:
                     log.warning("stopping with an uncommitted batch: it will be projected "
                                 "again from the stored positions")
                     return
-        for adv in advances:
-            self.expected[adv.partition] = adv.next_offset
+        if generation == self._generation:
+            # else a rebalance came during the transaction: the positions it read (or the
+            # compare-and-set of the next batch) are the truth, and a revoked partition must
+            # not come back
+            for adv in advances:
+                self.expected[adv.partition] = adv.next_offset
         self.stats.batches += 1
         self.stats.events += decoded.count
         self.stats.last_batch_at = time.monotonic()
@@ -249,34 +256,42 @@ class Projector:
         attempt = 0
         while True:
             try:
-                conn = await self._connection()
-                async with conn.transaction():
+                # a connection of its own: a rebalance may call this while a batch's
+                # transaction is open on the projector's connection, and must read only
+                # committed positions
+                async with await self.connect() as conn, conn.transaction():
                     stored = await self.repository.ensure_positions(conn, self.topic, partitions)
                 break
             except (psycopg.OperationalError, OSError) as exc:
                 attempt += 1
-                await self._close_connection()
                 delay = self.backoff.delay(attempt)
                 log.warning("cannot read positions (%s); retry in %.1fs", exc, delay)
                 if await self._sleep_or_stop(delay):
                     return  # not seeking means not owning: nothing will be applied
-        for p, offset in stored.items():
-            self.consumer.seek(TopicPartition(self.topic, p), offset)
-            self.expected[p] = offset
-        self._generation += 1
-        self.stats.partitions = set(self.expected)
+        self.expected.update(stored)
+        self._rewind()
         log.info("assigned %s at %s", sorted(partitions), stored)
 
     def on_revoked(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             self.expected.pop(p, None)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Start a new generation: seek *every* owned partition to its stored position.
+
+        A new generation makes stale the batch waiting in the queue and the one being fetched,
+        and those hold records of any owned partition, not only of the partitions just
+        (re)assigned. The consumer has moved past those records: seeking every partition back
+        reads them again, where seeking only the reassigned ones would skip the others'.
+        """
+        assigned = self.consumer.assignment()
+        for p, offset in self.expected.items():
+            tp = TopicPartition(self.topic, p)
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
         self._generation += 1
         self.stats.partitions = set(self.expected)
-
-    async def _resync(self, partitions: Sequence[int]) -> None:
-        owned = [p for p in partitions if p in self.expected]
-        if owned:
-            await self.on_assigned(owned)
 
     async def _commit_kafka_offsets(self, advances: Sequence[Advance]) -> None:
         offsets = {TopicPartition(self.topic, a.partition): a.next_offset for a in advances}

@@ -1,0 +1,75 @@
+"""Fencing against the real broker and PostgreSQL: a batch the projector drops is read again.
+
+Another writer may move a partition's stored position under a running projector: a replay's
+swap does (its shadow positions become the live ones). The projector's next compare-and-set on
+that partition fails, it re-reads the stored positions and seeks. The batch it had already
+fetched meanwhile (it fetches the next batch while writing the current one) is dropped as stale,
+and it may hold records of *other* partitions too: those must be read again, or they are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from consumers.projector import Projector
+from tests.support.infra import create_database, drop_database
+from tests.support.projection import (
+    publish,
+    running_projector,
+    settings_for,
+    snapshot,
+    wait_caught_up,
+)
+from tests.support.stream import stream
+
+
+def rewind(url: str, topic: str, partition: int) -> None:
+    """Move one partition's stored position back to 0, as an outside writer would."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE projector_positions SET next_offset = 0"
+                     " WHERE topic = %s AND kafka_partition = %s", (topic, partition))
+
+
+async def batches_after(projector: Projector, count: int, unless: asyncio.Task[None] | None = None,
+                        seconds: float = 60) -> None:
+    """Wait until ``projector`` has committed ``count`` batches (or ``unless`` is done)."""
+    async with asyncio.timeout(seconds):
+        while projector.stats.batches < count and not (unless and unless.done()):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_again(
+    kafka_bootstrap, postgres_url, fresh_database, fresh_topics
+):
+    topic = fresh_topics.events
+    events = list(stream(20_000, users=60, seed=5))
+    backlog, tail = events[:-300], events[-300:]
+    sent = await publish(kafka_bootstrap, topic, backlog)
+    # a backlog read in batches smaller than a fetch: a batch spans partitions, and the next
+    # one is always fetched and waiting while one is written
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics,
+                     focus_batch_max_records=700, focus_batch_wait_ms=20)
+    async with running_projector(s) as projector:
+        while projector.stats.events < len(backlog) - 1500:
+            await batches_after(projector, projector.stats.batches + 2)
+            # as a replay's swap does: move a partition's stored position under the projector
+            moved = max(projector.expected, key=projector.expected.__getitem__)
+            await asyncio.to_thread(rewind, fresh_database, topic, moved)
+        # every partition gets records after the last move, so every move is seen (fenced)
+        sent += await publish(kafka_bootstrap, topic, tail)
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+        fenced = projector.stats.fenced
+    print(f"fenced {fenced} times")
+    assert fenced >= 3  # the rewinds did fence it: the case under test happened
+
+    clean = create_database(postgres_url)
+    try:
+        ref = settings_for(kafka_bootstrap, clean, fresh_topics,
+                           focus_consumer_group=f"clean-{topic}")
+        async with running_projector(ref):
+            await wait_caught_up(clean, fresh_topics, sent)
+        assert snapshot(fresh_database) == snapshot(clean)
+    finally:
+        drop_database(postgres_url, clean)
