@@ -24,8 +24,11 @@ from tests.support.infra import TopicSet
 SECRET = "test-secret-" + "x" * 40
 
 
-def token(subject: str, *scopes: str, ttl: int = 600, secret: str = SECRET) -> dict[str, str]:
-    """An ``Authorization`` header for ``subject`` with ``scopes``."""
+def token(subject: str, *scopes: str, ttl: int = 86_400, secret: str = SECRET) -> dict[str, str]:
+    """An ``Authorization`` header for ``subject`` with ``scopes``.
+
+    Valid for a day by default: the module-level tokens below are minted at import, and a
+    suite on a slow machine has run for over ten minutes (they expired mid-run at 600 s)."""
     return {"Authorization": f"Bearer {mint_token(secret, subject, scopes, ttl_seconds=ttl)}"}
 
 
