@@ -78,7 +78,7 @@ async def test_one_event_delivered_three_times_counts_once(
     # ... and once more after the projector restarted
     sent += await publish(kafka_bootstrap, s.focus_events_topic, [interruption, start])
     async with running_projector(s) as projector:
-        await wait_caught_up(fresh_database, fresh_topics, sent)
+        await wait_caught_up(fresh_database, fresh_topics, sent, projector=projector)
         assert projector.stats.duplicates == 2
     assert query(fresh_database, "SELECT interruptions FROM focus_sessions") == [(1,)]
     assert query(fresh_database, "SELECT sessions_started, total_interruptions"
@@ -119,7 +119,7 @@ async def test_a_session_row_the_stored_events_do_not_explain_is_overwritten_not
     async with running_projector(s) as projector:
         sent = await publish(kafka_bootstrap, s.focus_events_topic,
                              [start, ev.ended("dee", sid, minutes(30))])
-        await wait_caught_up(fresh_database, fresh_topics, sent)
+        await wait_caught_up(fresh_database, fresh_topics, sent, projector=projector)
         assert projector.stats.batches >= 1
     assert query(fresh_database, "SELECT started_at, duration_minutes, ended_at,"
                  " start_event_id FROM focus_sessions") == [
@@ -147,7 +147,7 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_moves_on(
             ev.ended("dee", start.data.session_id, minutes(-5)),  # ends before it started
             after,
         ])
-        await wait_caught_up(fresh_database, fresh_topics, sent)
+        await wait_caught_up(fresh_database, fresh_topics, sent, projector=projector)
         assert projector.stats.dead_letters == 4
     letters = await dead_letters(kafka_bootstrap, s.focus_dlq_topic, expected=4)
     reasons = [dict(r.headers)[t.DLQ_REASON].decode() for r in letters]

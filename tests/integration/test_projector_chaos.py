@@ -132,7 +132,7 @@ async def test_postgres_away_for_seconds_mid_run_is_waited_out(
         postgres_proxy.pause()  # every connection dropped, new ones refused
         await asyncio.sleep(3)
         postgres_proxy.resume()
-        await wait_caught_up(fresh_database, fresh_topics, sent)
+        await wait_caught_up(fresh_database, fresh_topics, sent, projector=projector)
         assert projector.stats.retries >= 1
         stats = projector.stats
     reference = await reference_snapshot(kafka_bootstrap, fresh_topics, sent,

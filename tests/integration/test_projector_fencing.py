@@ -59,7 +59,7 @@ async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_aga
             await asyncio.to_thread(rewind, fresh_database, topic, moved)
         # every partition gets records after the last move, so every move is seen (fenced)
         sent += await publish(kafka_bootstrap, topic, tail)
-        await wait_caught_up(fresh_database, fresh_topics, sent)
+        await wait_caught_up(fresh_database, fresh_topics, sent, projector=projector)
         fenced = projector.stats.fenced
     print(f"fenced {fenced} times")
     assert fenced >= 3  # the rewinds did fence it: the case under test happened

@@ -75,17 +75,21 @@ def positions(database_url: str, topic: str) -> dict[int, int]:
 
 async def wait_caught_up(
     database_url: str, topics: TopicSet, published: Iterable[tuple[int, int]],
-    timeout: float = 120.0,
+    timeout: float = 120.0, *, projector: Projector | None = None,
 ) -> None:
     """Wait until the stored positions pass every ``(partition, offset)`` the broker
-    acknowledged. (Not the broker's end offsets: tansu answers those one write behind.)"""
+    acknowledged. (Not the broker's end offsets: tansu answers those one write behind.)
+
+    With ``projector``, also until that in-process projector has seen its commits return: its
+    counters (``stats``) are updated only then, a moment after the rows are visible."""
     target: dict[int, int] = {}
     for partition, offset in published:
         target[partition] = max(target.get(partition, 0), offset + 1)
     deadline = time.monotonic() + timeout
     while True:
         stored = positions(database_url, topics.events)
-        if all(stored.get(p, 0) >= end for p, end in target.items()):
+        known = stored if projector is None else projector.expected
+        if all(min(stored.get(p, 0), known.get(p, 0)) >= end for p, end in target.items()):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"projection stuck at {stored}, log ends at {target}")
