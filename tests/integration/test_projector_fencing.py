@@ -26,25 +26,26 @@ from tests.support.stream import stream
 
 
 def rewind(url: str, topic: str, partition: int) -> None:
-    """Move one partition's stored position back to 0, as an outside writer would."""
+    """Move one partition's stored position back a little, as an outside writer may."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE projector_positions SET next_offset = 0"
+        conn.execute("UPDATE projector_positions SET next_offset = greatest(next_offset - 10, 0)"
                      " WHERE topic = %s AND kafka_partition = %s", (topic, partition))
 
 
-async def batches_after(projector: Projector, count: int, unless: asyncio.Task[None] | None = None,
-                        seconds: float = 60) -> None:
-    """Wait until ``projector`` has committed ``count`` batches (or ``unless`` is done)."""
-    async with asyncio.timeout(seconds):
-        while projector.stats.batches < count and not (unless and unless.done()):
-            await asyncio.sleep(0.01)
+async def batches_after(projector: Projector, count: int, seconds: float = 60) -> None:
+    """Wait until ``projector`` has committed ``count`` batches."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while projector.stats.batches < count:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"the projector stopped committing batches: {projector.stats}")
+        await asyncio.sleep(0.01)
 
 
 async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_again(
     kafka_bootstrap, postgres_url, fresh_database, fresh_topics
 ):
     topic = fresh_topics.events
-    events = list(stream(20_000, users=60, seed=5))
+    events = list(stream(12_000, users=60, seed=5))
     backlog, tail = events[:-300], events[-300:]
     sent = await publish(kafka_bootstrap, topic, backlog)
     # a backlog read in batches smaller than a fetch: a batch spans partitions, and the next
@@ -52,7 +53,7 @@ async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_aga
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics,
                      focus_batch_max_records=700, focus_batch_wait_ms=20)
     async with running_projector(s) as projector:
-        while projector.stats.events < len(backlog) - 1500:
+        while projector.stats.events < len(backlog) - 1000:
             await batches_after(projector, projector.stats.batches + 2)
             # as a replay's swap does: move a partition's stored position under the projector
             moved = max(projector.expected, key=projector.expected.__getitem__)
