@@ -252,7 +252,8 @@ class Projector:
     # -- positions -----------------------------------------------------------------------
 
     async def on_assigned(self, partitions: Sequence[int]) -> None:
-        """Seek every newly owned partition to the position stored in PostgreSQL."""
+        """Read the stored positions of ``partitions`` (creating missing ones), then seek every
+        owned partition to its position (:meth:`_rewind`)."""
         attempt = 0
         while True:
             try:

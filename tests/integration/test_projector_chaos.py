@@ -12,6 +12,7 @@ from tests.support.projection import (
     ProjectorProcess,
     positions,
     publish,
+    reference_snapshot,
     rollup_mismatches,
     running_projector,
     settings_for,
@@ -23,30 +24,6 @@ from tests.support.projection import (
 from tests.support.stream import stream
 
 pytestmark = pytest.mark.slow
-
-
-async def reference_snapshot(kafka_bootstrap, topics, sent, tmp_db_factory):
-    """The tables an uninterrupted single in-process projector makes of the same log."""
-    url = tmp_db_factory()
-    async with running_projector(settings_for(kafka_bootstrap, url, topics,
-                                              focus_consumer_group=f"ref-{topics.events}")):
-        await wait_caught_up(url, topics, sent, timeout=300)
-    return snapshot(url)
-
-
-@pytest.fixture
-def tmp_db_factory(postgres_url):
-    from tests.support.infra import create_database, drop_database
-
-    made = []
-
-    def make():
-        made.append(create_database(postgres_url))
-        return made[-1]
-
-    yield make
-    for url in made:
-        drop_database(postgres_url, url)
 
 
 async def test_sigkill_at_random_moments_then_restart_loses_and_doubles_nothing(

@@ -14,12 +14,13 @@ import asyncio
 import psycopg
 
 from consumers.projector import Projector
-from tests.support.infra import create_database, drop_database
 from tests.support.projection import (
     publish,
+    reference_snapshot,
     running_projector,
     settings_for,
     snapshot,
+    snapshot_diff,
     wait_caught_up,
 )
 from tests.support.stream import stream
@@ -42,7 +43,7 @@ async def batches_after(projector: Projector, count: int, seconds: float = 60) -
 
 
 async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_again(
-    kafka_bootstrap, postgres_url, fresh_database, fresh_topics
+    kafka_bootstrap, fresh_database, fresh_topics, tmp_db_factory
 ):
     topic = fresh_topics.events
     events = list(stream(12_000, users=60, seed=5))
@@ -65,12 +66,5 @@ async def test_a_fenced_projector_reads_every_partition_of_its_dropped_batch_aga
     print(f"fenced {fenced} times")
     assert fenced >= 3  # the rewinds did fence it: the case under test happened
 
-    clean = create_database(postgres_url)
-    try:
-        ref = settings_for(kafka_bootstrap, clean, fresh_topics,
-                           focus_consumer_group=f"clean-{topic}")
-        async with running_projector(ref):
-            await wait_caught_up(clean, fresh_topics, sent)
-        assert snapshot(fresh_database) == snapshot(clean)
-    finally:
-        drop_database(postgres_url, clean)
+    reference = await reference_snapshot(kafka_bootstrap, fresh_topics, sent, tmp_db_factory)
+    assert snapshot_diff(snapshot(fresh_database), reference) == {}

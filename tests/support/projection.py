@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,19 @@ def stop_all(processes: Sequence[ProjectorProcess]) -> None:
     for proc in processes:
         if proc.process.poll() is None:
             proc.kill()
+
+
+async def reference_snapshot(
+    bootstrap: str, topics: TopicSet, sent: Iterable[tuple[int, int]],
+    new_database: Callable[[], str],
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The tables an uninterrupted single in-process projector makes of the same log, in a
+    database from ``new_database`` (the ``tmp_db_factory`` fixture)."""
+    url = new_database()
+    async with running_projector(settings_for(bootstrap, url, topics,
+                                              focus_consumer_group=f"ref-{topics.events}")):
+        await wait_caught_up(url, topics, sent, timeout=300)
+    return snapshot(url)
 
 
 def snapshot_diff(
