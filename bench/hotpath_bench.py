@@ -1,6 +1,6 @@
 """The projector's pure Python hot path, per event, without a broker or a database.
 
-    python bench/hotpath_bench.py                 # 200,000 simulated events, batches of 5000
+    python bench/hotpath_bench.py                 # 200,000 simulated events, batches of 10,000
     python bench/hotpath_bench.py --events 50000 --repeat 5
 
 The projector is CPU-bound in Python (see ``bench/projector_bench.py``); this splits that cost
@@ -33,6 +33,7 @@ from psycopg.pq import Format  # noqa: E402
 from consumers.projector import Projector  # noqa: E402
 from contracts.codec import decode_message as contract_decode  # noqa: E402
 from focus.bootstrap import GC_THRESHOLDS  # noqa: E402
+from focus.settings import ProjectorSettings  # noqa: E402
 from producers.bulk import partition_for  # noqa: E402
 from producers.simulate import generate  # noqa: E402
 from projections.batch import plan  # noqa: E402
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int,
+                        default=ProjectorSettings.model_fields["focus_batch_max_records"].default)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 

@@ -664,7 +664,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--naive-events", type=int, default=20_000,
                         help="events the naive subscriber processes (0: skip it)")
-    parser.add_argument("--batch", type=int, default=5000, help="projector batch size")
+    parser.add_argument("--batch", type=int,
+                        default=ProjectorSettings.model_fields["focus_batch_max_records"].default,
+                        help="projector batch size (default: the setting's default)")
     parser.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
                         help="also run `focus project --processes N` (0: skip it); default: "
                              "this machine's CPUs, at most the partitions")

@@ -77,7 +77,7 @@ class Projector:
         repository: ProjectionRepository | None = None,
         topic: str,
         dlq_topic: str,
-        max_records: int = 5000,
+        max_records: int = 10_000,
         wait_ms: int = 100,
         backoff: Backoff | None = None,
     ) -> None:

@@ -40,7 +40,7 @@ class ProjectorSettings(CommonSettings):
         "focus-projector", description="Kafka consumer group shared by projector replicas."
     )
     focus_batch_max_records: int = Field(
-        5000, ge=1, le=100_000, description="Most events projected in one transaction."
+        10_000, ge=1, le=100_000, description="Most events projected in one transaction."
     )
     focus_batch_wait_ms: int = Field(
         100, ge=0, le=10_000, description="How long a poll waits for events to batch."
