@@ -131,7 +131,7 @@ class Replayer:
                 out = build(fold(merged.shared), event_record, session_record)
                 await self.follow.copy(conn, out.events, out.sessions)
                 merged.rollups.merge(out.rollups)
-            await replay_sql.load_rollups(conn, o.shadow, merged.rollups)
+            await replay_sql.add_rollups(conn, o.shadow, merged.rollups)
             await replay_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
         r = self.report
         r.bulk_seconds = time.perf_counter() - started

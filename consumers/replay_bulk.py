@@ -3,10 +3,11 @@
 Decoding and folding (~10 µs an event, ~4 of it decoding) dominate, so each worker process owns
 a share of the partitions: it reads them with manual assignment up to the end offsets captured
 when the replay started, folds everything in memory (:class:`projections.replay.ShadowState`)
-and bulk loads its sessions with binary COPY. Sessions whose events sit on partitions of
-*different* workers (only possible when events of one session name different users, or after
-partitions were added) are handed back to the coordinator, which folds them whole. Dead letters
-are not re-published: the live projector already did.
+and bulk loads its sessions and its users' rollups with binary COPY. Sessions whose events sit on
+partitions of *different* workers (only possible when events of one session name different
+users, or after partitions were added) are handed back to the coordinator, which folds them
+whole; so are the rollups of users that more than one worker saw, which the coordinator adds up.
+Dead letters are not re-published: the live projector already did.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import gc
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -32,9 +34,12 @@ from projections.repository import (
     SESSION_EVENT_COLUMNS,
     SESSION_EVENT_TYPES,
     SESSION_TYPES,
+    STATS_COLUMNS,
+    STATS_TYPES,
     event_record,
     session_record,
 )
+from projections.weekly_store import WEEKLY_COLUMNS, WEEKLY_TABLE, WEEKLY_TYPES
 from projections.wire import decode_message
 
 PROGRESS_EVERY = 0.2  # seconds between progress messages to the coordinator
@@ -66,13 +71,13 @@ def run_worker(spec: BulkSpec, pipe: Connection) -> None:
     gc.disable()  # millions of long-lived objects: the cyclic collector only burns CPU here
     try:
         state, result = asyncio.run(_read(spec, pipe))
-        pipe.send(("sessions", b"".join(sid.bytes for sid in state.sessions)))
-        kind, shared = pipe.recv()
+        pipe.send(("seen", (b"".join(sid.bytes for sid in state.sessions), state.users)))
+        kind, (shared, shared_users) = pipe.recv()
         assert kind == "shared"
         result.shared = state.take(UUID(bytes=shared[i:i + 16]) for i in range(0, len(shared), 16))
         result.duplicates = state.duplicates
         result.events = state.events
-        result.rollups = load(spec.url, spec.schema, state)
+        result.rollups = load(spec.url, spec.schema, state, shared_users)
         pipe.send(("done", result))
     except BaseException as exc:  # reported to the coordinator, which raises
         pipe.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
@@ -142,8 +147,14 @@ async def _consume(
             last_report = now
 
 
-def load(url: str, schema: str, state: ShadowState) -> Rollups:
-    """Derive every session once and COPY events and rows into the shadow tables."""
+def load(url: str, schema: str, state: ShadowState, shared_users: Iterable[str]) -> Rollups:
+    """Derive every session once and COPY events, rows and rollups into the shadow tables.
+
+    The rollups of users no other worker saw are complete here and are loaded too; those of
+    ``shared_users`` are returned, to be added up by the coordinator. (Keys are user ids, so a
+    user is normally one partition's, one worker's: loading here spares pickling ~8 MB of
+    rollups to the coordinator and loading them there, one process after another.)
+    """
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         # events stream into COPY while sessions are derived: the server parses meanwhile
         with cur.copy(copy_statement(schema, "session_events", SESSION_EVENT_COLUMNS)) as copy:
@@ -151,15 +162,18 @@ def load(url: str, schema: str, state: ShadowState) -> Rollups:
             out = build(state, event_record, session_record, copy.write_row)
         state.sessions.clear()
         copy_rows(cur, schema, "focus_sessions", SESSION_COLUMNS, SESSION_TYPES, out.sessions)
-    return out.rollups
+        shared = out.rollups.take_users(shared_users)
+        copy_rows(cur, schema, "focus_user_stats", STATS_COLUMNS, STATS_TYPES,
+                  out.rollups.user_records())
+        copy_rows(cur, schema, WEEKLY_TABLE, WEEKLY_COLUMNS, WEEKLY_TYPES,
+                  out.rollups.week_records())
+    return shared
 
 
 def copy_rows(
     cur: psycopg.Cursor[Any], schema: str, table: str, columns: tuple[str, ...],
-    types: tuple[str, ...], rows: list[tuple[Any, ...]],
+    types: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
 ) -> None:
-    if not rows:
-        return
     with cur.copy(copy_statement(schema, table, columns)) as copy:
         copy.set_types(types)
         for row in rows:

@@ -2,7 +2,8 @@
 
 Partitions are dealt to ``workers`` processes (spawned: nothing of the parent's event loop,
 sockets or threads is inherited). The coordinator relays progress, finds sessions that more than
-one worker saw, has their owners hand them back, and folds those whole.
+one worker saw, has their owners hand them back, and folds those whole; likewise it collects
+the rollups of users more than one worker saw, to add them up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from consumers.replay_bulk import BulkResult, BulkSpec, run_worker
 from projections.replay import Placed, Rollups
 
 OnProgress = Callable[[Mapping[int, int]], None]
+#: What a worker reports having read: its session ids (16 bytes each, concatenated) and the
+#: user ids its events named.
+Seen = tuple[bytes, set[str]]
 
 
 class ReplayWorkerError(RuntimeError):
@@ -68,7 +72,7 @@ async def run_pool(specs: list[BulkSpec], on_progress: OnProgress | None = None)
 async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> Merged:
     merged = Merged()
     offsets: dict[int, int] = {}
-    seen: dict[int, bytes] = {}
+    seen: dict[int, Seen] = {}
     results: dict[int, BulkResult] = {}
     while len(results) < len(pipes):
         message = False
@@ -80,7 +84,7 @@ async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> Mer
                     offsets.update(body)
                     if on_progress is not None:
                         on_progress(offsets)
-                elif kind == "sessions":
+                elif kind == "seen":
                     seen[i] = body
                     if len(seen) == len(pipes):
                         _send_shared(pipes, seen)
@@ -108,19 +112,24 @@ def _receive(pipe: Connection) -> tuple[str, Any]:
     return str(kind), body
 
 
-def _send_shared(pipes: list[Connection], seen: Mapping[int, bytes]) -> None:
-    """Tell every worker which of its sessions another worker also saw."""
+def _send_shared(pipes: list[Connection], seen: Mapping[int, Seen]) -> None:
+    """Tell every worker which of its sessions and users another worker also saw."""
     owners: dict[bytes, int] = {}
     shared: set[bytes] = set()
-    for i, blob in seen.items():
+    user_owners: dict[str, int] = {}
+    shared_users: set[str] = set()
+    for i, (blob, users) in seen.items():
         for j in range(0, len(blob), 16):
             sid = blob[j:j + 16]
             if owners.setdefault(sid, i) != i:
                 shared.add(sid)
+        for user in users:
+            if user_owners.setdefault(user, i) != i:
+                shared_users.add(user)
     for i, pipe in enumerate(pipes):
+        blob, users = seen[i]
         mine = b""
         if shared:
-            blob = seen[i]
             ids = {blob[j:j + 16] for j in range(0, len(blob), 16)}
             mine = b"".join(shared & ids)
-        pipe.send(("shared", mine))
+        pipe.send(("shared", (mine, shared_users & users)))

@@ -48,6 +48,16 @@ class Rollups:
             key, add = found
             self.weeks[key] = self.weeks[key] + add if key in self.weeks else add
 
+    def take_users(self, users: Iterable[str]) -> Rollups:
+        """Remove and return the totals and weeks of ``users`` (absent users are skipped)."""
+        wanted = set(users) & self.users.keys()
+        taken = Rollups(users={u: self.users.pop(u) for u in wanted})
+        if wanted:
+            taken.weeks = {k: w for k, w in self.weeks.items() if k[0] in wanted}
+            for key in taken.weeks:
+                del self.weeks[key]
+        return taken
+
     def merge(self, other: Rollups) -> None:
         for user, change in other.users.items():
             mine = self.users.get(user)
@@ -84,6 +94,8 @@ class ShadowState:
 
     def __init__(self) -> None:
         self.sessions: dict[UUID, _Session] = {}
+        #: Every user id an accepted event named (whose rollups this state may contribute to).
+        self.users: set[str] = set()
         self.events = 0
         self.duplicates = 0
 
@@ -99,6 +111,7 @@ class ShadowState:
             return False
         session.where[key] = (partition, offset)
         session.history.events[key] = event
+        self.users.add(event.data.user_id)
         self.events += 1
         return True
 

@@ -15,8 +15,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from projections.replay import Rollups
-from projections.repository import STATS_TYPES
-from projections.weekly_store import WEEKLY_TYPES
+from projections.repository import apply_user_deltas
+from projections.weekly_store import apply_weekly
 
 #: The read models, in the order the live projector first touches them (lock order).
 READ_MODELS = (
@@ -74,18 +74,13 @@ def copy_statement(schema: str, table: str, columns: Sequence[str]) -> sql.Compo
     )
 
 
-async def load_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
+async def add_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
+    """Add ``rollups`` to the rows already in ``schema`` (the live projector's upserts)."""
     async with conn.cursor() as cur:
-        for table, types, records in (
-            ("focus_user_stats", STATS_TYPES, rollups.user_records()),
-            ("focus_user_weekly", WEEKLY_TYPES, rollups.week_records()),
-        ):
-            async with cur.copy(
-                sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(_t(schema, table))
-            ) as copy:
-                copy.set_types(types)
-                for record in records:
-                    await copy.write_row(record)
+        if rollups.users:
+            await apply_user_deltas(cur, schema, rollups.users)
+        if rollups.weeks:
+            await apply_weekly(cur, schema, rollups.weeks)
 
 
 #: Tables the bulk phase fills; their indexes are built after the load, not row by row.

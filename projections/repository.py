@@ -157,7 +157,7 @@ class ProjectionRepository:
             if upserts:
                 await self._upsert_sessions(cur, upserts)
             if plan.deltas:
-                await self._apply_deltas(cur, plan)
+                await apply_user_deltas(cur, self.schema, plan.deltas)
             if plan.weekly:
                 await apply_weekly(cur, self.schema, plan.weekly)
 
@@ -200,35 +200,39 @@ class ProjectionRepository:
             ).format(self._t("focus_sessions"), cols, cols, updates)
         )
 
-    async def _apply_deltas(self, cur: Any, plan: Plan) -> None:
-        users = sorted(plan.deltas)  # a stable lock order
-        cols = sql.SQL(", ").join(map(sql.Identifier, STATS_COLUMNS))
-        sums = sql.SQL(", ").join(
-            sql.SQL("{c} = {t}.{c} + EXCLUDED.{c}").format(
-                c=sql.Identifier(c), t=sql.Identifier("focus_user_stats")
-            )
-            for c in STATS_SUMS
+async def apply_user_deltas(cur: Any, schema: str, deltas: Mapping[str, UserDelta]) -> None:
+    """Add per-user deltas to ``schema.focus_user_stats`` (inside the caller's transaction).
+
+    Staged by binary COPY, then one upsert in user order (a stable lock order)."""
+    users = sorted(deltas)
+    table = sql.Identifier(schema, "focus_user_stats")
+    cols = sql.SQL(", ").join(map(sql.Identifier, STATS_COLUMNS))
+    sums = sql.SQL(", ").join(
+        sql.SQL("{c} = {t}.{c} + EXCLUDED.{c}").format(
+            c=sql.Identifier(c), t=sql.Identifier("focus_user_stats")
         )
-        await stage(cur, self._t("focus_user_stats"), "focus_user_stats_batch", STATS_COLUMNS,
-                    STATS_TYPES, (stats_record(user, plan.deltas[user]) for user in users))
+        for c in STATS_SUMS
+    )
+    await stage(cur, table, "focus_user_stats_batch", STATS_COLUMNS,
+                STATS_TYPES, (stats_record(user, deltas[user]) for user in users))
+    await cur.execute(
+        sql.SQL(
+            "INSERT INTO {target} AS focus_user_stats ({cols})"
+            " SELECT {cols} FROM focus_user_stats_batch ORDER BY user_id"
+            " ON CONFLICT (user_id) DO UPDATE SET {sums}, last_session_at ="
+            " GREATEST(focus_user_stats.last_session_at, EXCLUDED.last_session_at)"
+        ).format(target=table, cols=cols, sums=sums)
+    )
+    recompute = [u for u in users if deltas[u].recompute_last]
+    if recompute:
         await cur.execute(
             sql.SQL(
-                "INSERT INTO {target} AS focus_user_stats ({cols})"
-                " SELECT {cols} FROM focus_user_stats_batch ORDER BY user_id"
-                " ON CONFLICT (user_id) DO UPDATE SET {sums}, last_session_at ="
-                " GREATEST(focus_user_stats.last_session_at, EXCLUDED.last_session_at)"
-            ).format(target=self._t("focus_user_stats"), cols=cols, sums=sums)
+                "UPDATE {stats} s SET last_session_at ="
+                " (SELECT max(started_at) FROM {sessions} f WHERE f.user_id = s.user_id)"
+                " WHERE s.user_id = ANY(%s)"
+            ).format(stats=table, sessions=sql.Identifier(schema, "focus_sessions")),
+            (recompute,),
         )
-        recompute = [u for u in users if plan.deltas[u].recompute_last]
-        if recompute:
-            await cur.execute(
-                sql.SQL(
-                    "UPDATE {stats} s SET last_session_at ="
-                    " (SELECT max(started_at) FROM {sessions} f WHERE f.user_id = s.user_id)"
-                    " WHERE s.user_id = ANY(%s)"
-                ).format(stats=self._t("focus_user_stats"), sessions=self._t("focus_sessions")),
-                (recompute,),
-            )
 
 
 def stats_record(user: str, d: UserDelta) -> tuple[Any, ...]:

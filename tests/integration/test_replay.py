@@ -12,12 +12,22 @@ from psycopg import sql
 
 from consumers.replay import Replayer, ReplayReport
 from consumers.replay_follow import ReplayOptions, topic_log_ends
+from contracts.codec import encode
+from contracts.events import CloudEvent
+from focus.bootstrap import producer
 from focus.migrate import migrate
 from producers import events as ev
 from projections.verify import VerifyReport, verify
 from tests.integration.api_harness import api_settings, running_api
 from tests.support.infra import create_database, drop_database
-from tests.support.projection import positions, publish, running_projector, settings_for, snapshot
+from tests.support.projection import (
+    positions,
+    publish,
+    running_projector,
+    settings_for,
+    snapshot,
+    snapshot_diff,
+)
 from tests.support.stream import stream
 from tests.unit.histories import T0, minutes
 
@@ -312,3 +322,52 @@ async def test_the_swap_backs_off_instead_of_deadlocking_with_a_reader(
     assert report.swapped
     assert report.swap_attempts > 1
     assert snapshot(fresh_database) == live
+
+
+async def test_replay_adds_up_users_and_sessions_whose_events_sit_with_different_workers(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    """Keys are user ids, so a user's events normally sit on one partition and so with one bulk
+    worker; after partitions are added, or from a producer with its own partitioner, they do
+    not. The two workers read partitions 0, 2, 4 and 1, 3, 5: every case below crosses them."""
+    topic = fresh_topics.events
+    placed: list[tuple[int, CloudEvent]] = []
+    # a user with a whole session on each worker's side, and one split between them
+    for partition, at in ((0, 0), (1, 60)):
+        start = ev.started("wanderer", minutes(at))
+        sid = start.data.session_id
+        placed += [(partition, start),
+                   (partition, ev.interrupted("wanderer", sid, minutes(at + 5))),
+                   (partition, ev.ended("wanderer", sid, minutes(at + 25)))]
+    split = ev.started("wanderer", minutes(120), time_zone="Asia/Tokyo")
+    placed += [(2, split), (3, ev.interrupted("wanderer", split.data.session_id, minutes(124))),
+               (2, ev.ended("wanderer", split.data.session_id, minutes(150), focus_quality=4))]
+    # a user only one worker sees, but one of whose sessions has an end (naming someone else,
+    # so a contradiction) on the other worker's side: the coordinator adds that session's
+    # share to the row the worker loaded
+    for at in (0, 60):
+        start = ev.started("homebody", minutes(at))
+        placed += [(4, start), (4, ev.ended("homebody", start.data.session_id, minutes(at + 25)))]
+    stray = ev.started("homebody", minutes(200))
+    placed += [(0, stray), (5, ev.ended("stranger", stray.data.session_id, minutes(225)))]
+
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    async with running_projector(s):
+        await publish(kafka_bootstrap, topic, stream(600, users=10))
+        kafka = producer(kafka_bootstrap)
+        await kafka.start()
+        try:
+            for partition, event in placed:
+                await kafka.send_and_wait(topic, encode(event), partition=partition,
+                                          key=event.data.user_id.encode())  # type: ignore[attr-defined]
+        finally:
+            await kafka.stop()
+        await caught_up(kafka_bootstrap, fresh_database, topic)
+    live = snapshot(fresh_database)
+    users = {row[1] for row in live["focus_sessions"]}
+    assert {"wanderer", "homebody"} <= users
+
+    report = await replayer(kafka_bootstrap, fresh_database, topic).run()
+    assert report.swapped, describe(report)
+    assert report.diff is not None and report.diff.clean, describe(report)
+    assert snapshot_diff(snapshot(fresh_database), live) == {}
