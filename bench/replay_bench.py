@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
 from consumers.replay import Replayer  # noqa: E402
-from consumers.replay_follow import ReplayOptions, topic_log_ends  # noqa: E402
+from consumers.replay_follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
 from contracts.codec import encode  # noqa: E402
 from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
 from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
@@ -169,7 +169,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="bulk worker processes (default: focus replay's)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--skip-live", action="store_true", help="only the replay")

@@ -32,6 +32,13 @@ from projections.repository import (
 from projections.wire import decode_message
 
 
+def default_workers() -> int:
+    """Bulk worker processes: one per CPU, plus one. A worker waits on PostgreSQL and the broker
+    about a quarter of its time; the spare one fills those waits (bulk phase of 1M events on 2
+    CPUs: 106,489 events/s with 2 workers, 115,398 with 3, no more with 4)."""
+    return (os.cpu_count() or 2) + 1
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:
     bootstrap: str
@@ -41,7 +48,7 @@ class ReplayOptions:
     shadow: str = "focus_shadow"
     #: Rebuild only these users (``--users``); ``None`` rebuilds everything.
     users: frozenset[str] | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    workers: int = field(default_factory=default_workers)
     keep_retired: bool = False
     lock_timeout_ms: int = 300
     lock_attempts: int = 200

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated
 
@@ -67,8 +66,9 @@ def replay(
     dry_run: Annotated[bool, typer.Option(help="Stop after the diff; change nothing live.")]
     = False,
     users: Annotated[str | None, typer.Option(help="Rebuild only these users (a,b,c).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Bulk decode processes.")] = (
-        os.cpu_count() or 2),
+    workers: Annotated[int | None, typer.Option(
+        min=1, show_default=False, help="Bulk decode processes (default: one per CPU, plus one)."
+    )] = None,
     shadow_schema: Annotated[str, typer.Option(help="Schema for the shadow tables.")]
     = "focus_shadow",
     keep_retired: Annotated[bool, typer.Option(help="Keep the replaced tables in a "
@@ -76,7 +76,7 @@ def replay(
 ) -> None:
     """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
     from consumers.replay import Replayer
-    from consumers.replay_follow import ReplayOptions
+    from consumers.replay_follow import ReplayOptions, default_workers
     from focus.migrate import migrate
     from focus.servers import resolved
 
@@ -87,7 +87,7 @@ def replay(
     options = ReplayOptions(
         bootstrap=settings.kafka_bootstrap_servers, url=settings.database_url,
         topic=settings.focus_events_topic, shadow=shadow_schema, users=chosen,
-        workers=workers, keep_retired=keep_retired,
+        workers=workers or default_workers(), keep_retired=keep_retired,
     )
     progress = RichProgress()
     report = asyncio.run(Replayer(options, migrate, progress).run(dry_run=dry_run))
