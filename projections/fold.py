@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, cast
 from uuid import UUID
 
 from contracts.events import EndedEvent, InterruptedEvent, StartedEvent
-from projections.wire import ENDED, STARTED, AnyEvent, Ended, Interrupted, Started
+from projections.wire import KINDS, AnyEvent, Ended, Interrupted, Started, kind_of
 
 _MICROS = Decimal(1_000_000)
 
@@ -106,12 +106,13 @@ def derive(history: History) -> Derived:
     ends: list[EndedEvent | Ended] = []
     interruptions: list[InterruptedEvent | Interrupted] = []
     for event in history.events.values():
-        if isinstance(event, STARTED):
-            starts.append(event)
-        elif isinstance(event, ENDED):
-            ends.append(event)
+        kind = KINDS.get(type(event)) or kind_of(event)
+        if kind == "started":
+            starts.append(cast("StartedEvent | Started", event))
+        elif kind == "ended":
+            ends.append(cast("EndedEvent | Ended", event))
         else:
-            interruptions.append(event)
+            interruptions.append(cast("InterruptedEvent | Interrupted", event))
     if not starts:
         return Derived(None, dict.fromkeys(history.events, Status.HELD), reasons)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from psycopg import AsyncConnection, sql
@@ -30,7 +30,14 @@ from projections.fold import History, SessionRow, extend
 from projections.rollups import UserDelta
 from projections.staging import stage
 from projections.weekly_store import apply_weekly
-from projections.wire import INTERRUPTED, STARTED, AnyEvent
+from projections.wire import (
+    KINDS,
+    AnyEvent,
+    EndedData,
+    InterruptedData,
+    StartedData,
+    kind_of,
+)
 
 SESSION_EVENT_COLUMNS = (
     "session_id", "event_id", "user_id", "kind", "status", "occurred_at", "recorded_at",
@@ -249,15 +256,16 @@ def event_record(event: AnyEvent, status: str, partition: int, offset: int) -> t
     """One ``session_events`` row: the event reduced to the fields the fold needs."""
     d = event.data
     base = (d.session_id, event.id, d.user_id)
-    if isinstance(event, STARTED):
-        s = event.data
+    kind = KINDS.get(type(event)) or kind_of(event)
+    if kind == "started":
+        s = cast("StartedData | SessionStartedV1", d)
         return (*base, "started", status, s.started_at, event.time, event.source, s.step_id,
                 s.duration_minutes, s.time_zone, None, None, None, None, partition, offset)
-    if isinstance(event, INTERRUPTED):
-        i = event.data
+    if kind == "interrupted":
+        i = cast("InterruptedData | SessionInterruptedV1", d)
         return (*base, "interrupted", status, i.interrupted_at, event.time, event.source, None,
                 None, None, i.reason, None, None, None, partition, offset)
-    e = event.data
+    e = cast("EndedData | SessionEndedV2", d)
     return (*base, "ended", status, e.ended_at, event.time, event.source, None, None, None,
             None, e.outcome, e.reported_interruptions, e.focus_quality, partition, offset)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 from uuid import UUID
 
 import msgspec
@@ -128,10 +128,37 @@ STARTED = (StartedEvent, Started)
 INTERRUPTED = (InterruptedEvent, Interrupted)
 ENDED = (EndedEvent, Ended)
 
+Kind = Literal["started", "interrupted", "ended"]
+#: Each event class's kind, by exact type. The fold asks for every event's kind, and
+#: ``isinstance`` against a pydantic model class goes through ``ABCMeta.__instancecheck__``:
+#: ~0.35 µs when it fails, against ~0.05 µs for this look-up.
+KINDS: dict[type, Kind] = {
+    Started: "started", Interrupted: "interrupted", Ended: "ended",
+    StartedEvent: "started", InterruptedEvent: "interrupted", EndedEvent: "ended",
+}
+
+
+def kind_of(event: AnyEvent) -> Kind:
+    """``"started"``, ``"interrupted"`` or ``"ended"`` (subclasses too, the slow way)."""
+    found = KINDS.get(type(event))
+    if found is not None:
+        return found
+    for kind, classes in (("started", STARTED), ("interrupted", INTERRUPTED), ("ended", ENDED)):
+        if isinstance(event, classes):
+            return cast(Kind, kind)
+    raise TypeError(f"not an event: {type(event).__name__}")
+
 _decoder = msgspec.json.Decoder(Started | Interrupted | _EndedV1 | Ended)
 #: More than six fractional digits: msgspec rounds them to the microsecond, pydantic truncates.
 #: (Anywhere in the bytes, so a reason text can trigger it too; the fallback is only slower.)
 _SUB_MICROSECOND = re.compile(rb"\.[0-9]{7}")
+
+
+#: ``str(session_id)`` of recently seen sessions, by ``UUID.int``. The subject must be exactly
+#: that string; a session's events come close together in the log, so its later events pay a
+#: dict look-up instead of formatting the id again. Bounded: cleared when full.
+_SUBJECTS: dict[int, str] = {}
+_SUBJECTS_MAX = 1 << 15
 
 
 def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
@@ -148,7 +175,14 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
             known_zone(data.time_zone)
         except ValueError:
             return contract_decode(key, value)  # the contract says why
-    check_message(key, event.subject, data.session_id, data.user_id)
+    sid = data.session_id
+    subject = _SUBJECTS.get(sid.int)
+    if subject is None:
+        if len(_SUBJECTS) >= _SUBJECTS_MAX:
+            _SUBJECTS.clear()
+        subject = _SUBJECTS[sid.int] = str(sid)
+    if event.subject != subject or (key is not None and key != data.user_id.encode()):
+        check_message(key, event.subject, sid, data.user_id)  # raises, saying which
     if type(event) is _EndedV1:
         v1 = event.data
         return Ended(id=event.id, source=event.source, time=event.time, subject=event.subject,
@@ -156,8 +190,7 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
                                     ended_at=v1.ended_at,
                                     outcome="completed" if v1.completed else "abandoned",
                                     reported_interruptions=v1.interruptions))
-    assert not isinstance(event, _EndedV1)
-    return event
+    return cast(WireEvent, event)
 
 
 def encode(event: AnyEvent) -> bytes:

@@ -182,3 +182,41 @@ def test_the_mirror_has_the_contracts_fields_and_required_fields(mirror, model):
     if info.tag_field is not None:
         fields[info.tag_field] = False  # the tag: a defaulted literal in the contract
     assert fields == {name: f.is_required() for name, f in model.model_fields.items()}
+
+
+def test_a_session_seen_before_still_gets_its_subject_and_key_checked(monkeypatch):
+    monkeypatch.setattr(wire, "_SUBJECTS", {})
+    sid = uuid4()
+    start = json.loads(encode(ev.started("ada", T0, session_id=sid)))
+    wire.decode_message(b"ada", json.dumps(start).encode())  # remembers the session's subject
+    remembered = wire._SUBJECTS
+    assert remembered == {sid.int: str(sid)}
+    for subject in (str(sid).upper(), sid.hex, str(uuid4())):
+        with pytest.raises(PoisonEvent, match=r"subject must equal data\.session_id"):
+            wire.decode_message(b"ada", json.dumps({**start, "subject": subject}).encode())
+    with pytest.raises(PoisonEvent) as caught:
+        wire.decode_message(b"bob", json.dumps(start).encode())
+    assert caught.value.reason == "key-mismatch"
+
+
+def test_the_remembered_subjects_are_bounded(monkeypatch):
+    monkeypatch.setattr(wire, "_SUBJECTS", {})
+    monkeypatch.setattr(wire, "_SUBJECTS_MAX", 2)
+    for _ in range(5):
+        start = ev.started("ada", T0)
+        assert wire.decode_message(b"ada", encode(start)).id == start.id
+        assert len(wire._SUBJECTS) <= 2
+
+
+def test_every_event_has_a_kind_subclasses_and_both_decoders_included():
+    class Resumed(contract.InterruptedEvent):  # a subclass: not in the exact-type table
+        pass
+
+    interrupted = ev.interrupted("ada", SID, minutes(3))
+    assert wire.kind_of(Resumed.model_construct(**dict(interrupted))) == "interrupted"
+    for value in (encode(ev.started("ada", T0, session_id=SID)), encode(interrupted),
+                  encode(ev.ended_v1("ada", SID, minutes(25), completed=True))):
+        assert wire.kind_of(wire.decode_message(None, value)) == wire.kind_of(
+            contract_decode(None, value))
+    with pytest.raises(TypeError, match="not an event"):
+        wire.kind_of(object())  # type: ignore[arg-type]
