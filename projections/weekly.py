@@ -24,8 +24,12 @@ _ZERO = Decimal(0)
 WeekKey = tuple[str, date]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WeekDelta:
+    """One week's sums, or a change to them. A value: the operators return new ones and nothing
+    changes one in place. (Not ``frozen``: a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``, three times the cost, and one is built per ended session.)"""
+
     sessions_ended: int = 0
     sessions_completed: int = 0
     focus_seconds: Decimal = _ZERO
