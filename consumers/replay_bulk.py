@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -71,10 +70,11 @@ def run_worker(spec: BulkSpec, pipe: Connection) -> None:
     gc.disable()  # millions of long-lived objects: the cyclic collector only burns CPU here
     try:
         state, result = asyncio.run(_read(spec, pipe))
-        pipe.send(("seen", (b"".join(sid.bytes for sid in state.sessions), state.users)))
+        pipe.send(("seen", (b"".join(sid.to_bytes(16) for sid in state.sessions), state.users)))
         kind, (shared, shared_users) = pipe.recv()
         assert kind == "shared"
-        result.shared = state.take(UUID(bytes=shared[i:i + 16]) for i in range(0, len(shared), 16))
+        result.shared = state.take(int.from_bytes(shared[i:i + 16])
+                                   for i in range(0, len(shared), 16))
         result.duplicates = state.duplicates
         result.events = state.events
         result.rollups = load(spec.url, spec.schema, state, shared_users)

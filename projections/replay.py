@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 from projections import weekly
 from projections.fold import EventKey, History, SessionRow, derive
@@ -27,8 +26,9 @@ Placed = tuple[AnyEvent, int, int]
 @dataclass(slots=True)
 class _Session:
     history: History = field(default_factory=History)
-    #: Where each event of the session was first seen: ``EventKey -> (partition, offset)``.
-    where: dict[EventKey, tuple[int, int]] = field(default_factory=dict)
+    #: Where each event was first seen, ``(partition, offset)``, in the order of
+    #: ``history.events`` (events are only ever added, and a dict keeps insertion order).
+    where: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -89,11 +89,16 @@ def _sum(a: UserDelta, b: UserDelta) -> UserDelta:
     )
 
 
+#: A session, by its id's 128-bit integer (``UUID.int``): ``UUID.__hash__`` is Python code,
+#: and every event of the log looks its session up.
+SessionKey = int
+
+
 class ShadowState:
     """Every session's history so far. ``add`` is the hot path: no copy, no derive."""
 
     def __init__(self) -> None:
-        self.sessions: dict[UUID, _Session] = {}
+        self.sessions: dict[SessionKey, _Session] = {}
         #: Every user id an accepted event named (whose rollups this state may contribute to).
         self.users: set[str] = set()
         self.events = 0
@@ -101,32 +106,32 @@ class ShadowState:
 
     def add(self, event: AnyEvent, partition: int, offset: int) -> bool:
         """Remember one event; ``False`` for a duplicate (an event id the session already has)."""
-        sid = event.data.session_id
+        sid = event.data.session_id.int
         session = self.sessions.get(sid)
         if session is None:
             session = self.sessions[sid] = _Session()
         key = event.id.int  # an EventKey, as in projections.fold
-        if key in session.where:
+        events = session.history.events
+        if key in events:
             self.duplicates += 1
             return False
-        session.where[key] = (partition, offset)
-        session.history.events[key] = event
+        events[key] = event
+        session.where.append((partition, offset))
         self.users.add(event.data.user_id)
         self.events += 1
         return True
 
-    def session_ids(self) -> list[UUID]:
+    def session_ids(self) -> list[SessionKey]:
         return list(self.sessions)
 
-    def take(self, session_ids: Iterable[UUID]) -> list[Placed]:
+    def take(self, session_ids: Iterable[SessionKey]) -> list[Placed]:
         """Remove the given sessions and return their events (to be folded elsewhere)."""
         placed: list[Placed] = []
         for sid in session_ids:
             session = self.sessions.pop(sid, None)
             if session is not None:
-                placed.extend(
-                    (e, *session.where[key]) for key, e in session.history.events.items()
-                )
+                placed.extend((e, p, o) for e, (p, o)
+                              in zip(session.history.events.values(), session.where, strict=True))
         return placed
 
     def derive_all(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
@@ -158,9 +163,8 @@ def build(
     sessions, rollups = out.sessions, out.rollups
     emit = sink or out.events.append
     for session, row, status in state.derive_all():
-        where = session.where
-        for key, event in session.history.events.items():
-            partition, offset = where[key]
+        for (key, event), (partition, offset) in zip(session.history.events.items(),
+                                                     session.where, strict=True):
             emit(event_record(event, status[key], partition, offset))
         if row is not None:
             sessions.append(session_record(row))
