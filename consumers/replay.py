@@ -27,7 +27,7 @@ from psycopg import AsyncConnection
 
 from consumers.replay_bulk import BulkSpec
 from consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
-from consumers.replay_pool import deal, run_pool
+from consumers.replay_pool import deal, run_pool, warm_up
 from projections import replay_sql
 from projections.replay import build, fold
 from projections.replay_diff import ReplayDiff, diff
@@ -111,6 +111,7 @@ class Replayer:
             if "projector_positions" not in await replay_sql.tables(conn, o.live):
                 raise ReplayError(f"schema {o.live!r} has no read-model tables: run "
                                   "`focus migrate` first")
+        warm_up()  # the workers' process server imports while the shadow schema is made
         await self._drop(o.shadow)
         await asyncio.to_thread(self.migrate, o.url, o.shadow)
         async with await self._connect() as conn:

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from consumers import replay_pool
 from consumers.replay import Replayer, ReplayReport
 from consumers.replay_follow import ReplayOptions, topic_log_ends
 from contracts.codec import encode
@@ -82,6 +83,24 @@ async def test_replay_of_a_simulated_log_equals_the_live_tables(
     with psycopg.connect(fresh_database) as conn:
         schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'focus_%'")
         assert schemas.fetchall() == []
+
+
+async def test_without_a_fork_server_the_workers_are_spawned(
+    kafka_bootstrap, fresh_database, fresh_topics, monkeypatch
+):
+    # Linux and macOS have a fork server; elsewhere the bulk workers are spawned, and each
+    # imports its modules itself. Same result either way.
+    monkeypatch.setattr(replay_pool.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert replay_pool._context().get_start_method() == "spawn"
+    migrate(fresh_database)
+    placed = await publish(kafka_bootstrap, fresh_topics.events, stream(300, users=6))
+    report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run(
+        dry_run=True)
+    assert report.events + report.duplicates == len(placed)
+    assert report.diff is not None
+    counts = {t.table: (t.live_rows, t.shadow_rows) for t in report.diff.tables}
+    assert counts["session_events"] == (0, report.events)
+    assert counts["focus_sessions"][0] == 0 < counts["focus_sessions"][1]
 
 
 async def test_the_swapped_in_tables_keep_the_live_tables_owner_and_grants(
