@@ -2,6 +2,7 @@
 
     python bench/replay_bench.py                          # 1,000,000 events, 10,000 users
     python bench/replay_bench.py --events 200000 --users 2000 --workers 2
+    python bench/replay_bench.py --rounds 3              # one topic, replayed 3 times
 
 Publishes ``--events`` events (~4 per session: start, two interruptions, end; half the ends
 v1, half v2) to a fresh topic, replays them into empty shadow tables of a fresh database
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing.forkserver
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -60,6 +63,15 @@ def drop_database(server_url: str, url: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
+
+
+def fresh_fork_server() -> None:
+    """Stop the bulk workers' fork server, if an earlier round started one: each round then
+    pays its start, as a new ``focus replay`` process does. (A private method of the standard
+    library, hence the guard; without it later rounds would start faster than real runs.)"""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if server is not None and hasattr(server, "_stop"):
+        server._stop()
 
 
 def positions(url: str, topic: str) -> dict[int, int]:
@@ -137,18 +149,29 @@ async def main(args: argparse.Namespace) -> None:
     print(f"published in {time.perf_counter() - t:.1f} s", flush=True)
     del messages
 
-    replay_db, live_db = create_database(args.database_url), None
+    rates: list[float] = []
+    replay_db, live_db = None, None
     try:
-        migrate(replay_db)
-        options = ReplayOptions(bootstrap=args.bootstrap, url=replay_db, topic=topic,
-                                workers=args.workers)
-        t = time.perf_counter()
-        report = await Replayer(options, migrate).run()
-        whole = time.perf_counter() - t
-        print(f"replay bulk : {report.events:,} events in {report.bulk_seconds:.2f} s ="
-              f" {report.events_per_second:,.0f} events/s ({args.workers} workers)")
-        print(f"replay total: {whole:.2f} s = {report.events / whole:,.0f} events/s"
-              " (schema, bulk, catch-up, diff, swap)", flush=True)
+        for n in range(1, args.rounds + 1):
+            if replay_db is not None and not args.keep:
+                drop_database(args.database_url, replay_db)
+            fresh_fork_server()
+            replay_db = create_database(args.database_url)
+            migrate(replay_db)
+            options = ReplayOptions(bootstrap=args.bootstrap, url=replay_db, topic=topic,
+                                    workers=args.workers)
+            t = time.perf_counter()
+            report = await Replayer(options, migrate).run()
+            whole = time.perf_counter() - t
+            rates.append(report.events_per_second)
+            label = f" (round {n} of {args.rounds})" if args.rounds > 1 else ""
+            print(f"replay bulk : {report.events:,} events in {report.bulk_seconds:.2f} s ="
+                  f" {report.events_per_second:,.0f} events/s ({args.workers} workers){label}")
+            print(f"replay total: {whole:.2f} s = {report.events / whole:,.0f} events/s"
+                  " (schema, bulk, catch-up, diff, swap)", flush=True)
+        if args.rounds > 1:
+            print(f"replay bulk, median of {args.rounds}: {statistics.median(rates):,.0f} events/s"
+                  f" (lowest {min(rates):,.0f}, highest {max(rates):,.0f})", flush=True)
         if args.skip_live:
             return
         live_db = create_database(args.database_url)
@@ -159,9 +182,9 @@ async def main(args: argparse.Namespace) -> None:
               " joining its consumer group and committing a first batch)")
     finally:
         if not args.keep:
-            drop_database(args.database_url, replay_db)
-            if live_db:
-                drop_database(args.database_url, live_db)
+            for url in (replay_db, live_db):
+                if url:
+                    drop_database(args.database_url, url)
 
 
 if __name__ == "__main__":
@@ -173,6 +196,9 @@ if __name__ == "__main__":
                         help="bulk worker processes (default: focus replay's)")
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="replay the published topic this many times, each into a fresh"
+                             " database (this machine's speed drifts: compare medians)")
     parser.add_argument("--skip-live", action="store_true", help="only the replay")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
     arguments = parser.parse_args()
