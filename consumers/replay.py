@@ -28,7 +28,7 @@ from psycopg import AsyncConnection
 from consumers.replay_bulk import BulkSpec
 from consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
 from consumers.replay_pool import deal, run_pool, warm_up
-from projections import replay_sql
+from projections import notify, replay_sql
 from projections.replay import build, fold
 from projections.replay_diff import ReplayDiff, diff
 from projections.repository import event_record, session_record
@@ -220,6 +220,8 @@ class Replayer:
             await replay_sql.swap_schemas(conn, o.live, o.shadow, retired, names, o.topic)
         else:
             await replay_sql.swap_users(conn, o.live, o.shadow, sorted(o.users), names)
+        # readers' caches of the live tables drop everything once this commits
+        await notify.send(conn, notify.flush_notice(o.live))
 
     async def _drop(self, schema: str) -> None:
         async with await self._connect() as conn:

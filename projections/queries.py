@@ -163,6 +163,7 @@ class ReadQueries:
             "SELECT time_zone FROM {sessions} WHERE user_id = %(user)s"
             " AND time_zone IS NOT NULL ORDER BY started_at DESC LIMIT 1",
             sessions=t["focus_sessions"])
+        self._freshness = _render("SELECT p.parts, p.offsets, p.times FROM {pos}", pos=positions)
         self._position = _render(
             "SELECT next_offset FROM {positions}"
             " WHERE topic = %(topic)s AND kafka_partition = %(part)s",
@@ -224,6 +225,12 @@ class ReadQueries:
         """The time zone of the user's newest session that named one."""
         row = await (await conn.execute(self._zone, {"user": user_id})).fetchone()
         return str(row[0]) if row else None
+
+    async def freshness(self, conn: AsyncConnection[Any]) -> Freshness:
+        """How far the projection has got, alone."""
+        row = await (await conn.execute(self._freshness, {"topic": self.topic})).fetchone()
+        assert row is not None
+        return _freshness(row)
 
     async def next_offset(self, conn: AsyncConnection[Any], partition: int) -> int:
         """The projector's next offset for ``partition`` (-1 before it has seen it)."""

@@ -25,6 +25,7 @@ from contracts.events import (
     SessionStartedV1,
     StartedEvent,
 )
+from projections import notify
 from projections.batch import Plan
 from projections.fold import History, SessionRow, extend
 from projections.rollups import UserDelta
@@ -87,7 +88,10 @@ class ProjectionRepository:
     async def ensure_positions(
         self, conn: AsyncConnection[Any], topic: str, partitions: Iterable[int]
     ) -> dict[int, int]:
-        """Create missing position rows (offset 0) and return every partition's next offset."""
+        """Create missing position rows (offset 0) and return every partition's next offset.
+
+        Readers are told to read the positions again (a flush notice): a partition can have
+        moved while no projector owned it (a replay's swap hands over positions)."""
         parts = sorted(partitions)
         async with conn.cursor() as cur:
             await cur.execute(
@@ -104,7 +108,9 @@ class ProjectionRepository:
                 ).format(self._t("projector_positions")),
                 (topic, parts),
             )
-            return dict(await cur.fetchall())
+            stored = dict(await cur.fetchall())
+            await notify.send(cur, notify.flush_notice(self.schema))
+            return stored
 
     async def load_histories(
         self, conn: AsyncConnection[Any], session_ids: Sequence[UUID]
@@ -167,6 +173,10 @@ class ProjectionRepository:
                 await apply_user_deltas(cur, self.schema, plan.deltas)
             if plan.weekly:
                 await apply_weekly(cur, self.schema, plan.weekly)
+            await notify.send(cur, notify.batch_notice(
+                self.schema, topic,
+                [notify.Moved(a.partition, a.next_offset, a.last_event_time) for a in advances],
+                plan.deltas))
 
     def _copy(self, table: str, columns: Sequence[str]) -> sql.Composed:
         return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
