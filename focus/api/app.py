@@ -1,11 +1,14 @@
 """The app factory: ``create_app(settings)`` builds the API; nothing connects at import time.
 
-Connections open in the lifespan: the PostgreSQL pool (unless one is passed in) and, lazily on
-the first write, the Kafka producer, so the read side serves even while Kafka is down.
+Connections open in the lifespan: the PostgreSQL pool (unless one is passed in), the analytics
+cache's LISTEN connection (:mod:`focus.api.listener`) and, lazily on the first write, the Kafka
+producer, so the read side serves even while Kafka is down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +24,10 @@ from contracts.asyncapi import asyncapi_document
 from focus import bootstrap
 from focus.api import models, reads, writes
 from focus.api.auth import SCOPES, TokenVerifier
+from focus.api.cache import AnalyticsCache
 from focus.api.deps import Services, Svc, json_response
+from focus.api.fastpath import CachedAnalytics
+from focus.api.listener import listen
 from focus.api.settings import ApiSettings
 from producers.http import BrokerUnavailable, KafkaWriter
 from projections.queries import ReadQueries
@@ -66,15 +72,24 @@ def create_app(
             )
             stack.push_async_callback(writer.close)
             app.state.services = Services(
-                db, ReadQueries(settings.focus_events_topic), writer,
-                settings.focus_api_source, settings.focus_api_wait_ms / 1000,
+                db, queries, writer, settings.focus_api_source,
+                settings.focus_api_wait_ms / 1000, cache,
             )
+            if cache.capacity > 0:
+                task = asyncio.create_task(listen(database_url, cache, queries),
+                                           name="analytics-cache-listener")
+                stack.push_async_callback(_cancel, task)
             yield
 
     timeout_ms = settings.focus_api_publish_timeout_ms
     app = FastAPI(title="Focus Sessions API", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.verifier = TokenVerifier(settings.jwt_secret, settings.focus_jwt_audience)
+    queries = ReadQueries(settings.focus_events_topic)
+    cache = AnalyticsCache(settings.focus_api_cache_entries, settings.focus_api_cache_ttl_s,
+                           topic=settings.focus_events_topic)
+    app.state.analytics_cache = cache
+    app.add_middleware(CachedAnalytics, cache=cache, verifier=app.state.verifier)
     app.include_router(reads.router)
     app.include_router(writes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"],
@@ -92,6 +107,12 @@ def create_app(
     app.add_exception_handler(psycopg.OperationalError, _database_down)
     app.add_exception_handler(PoolTimeout, _database_down)
     return app
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def healthz(svc: Svc) -> Response:

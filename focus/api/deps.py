@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Response
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel
 
+from focus.api.cache import AnalyticsCache
 from producers.http import KafkaWriter, Published
 from projections.queries import ReadQueries
 
@@ -25,6 +26,7 @@ class Services:
     writer: KafkaWriter
     source: str
     wait_seconds: float
+    cache: AnalyticsCache
 
     async def projected(self, published: Published) -> bool:
         """Wait (bounded by ``wait_seconds``) until the projector has applied ``published``."""

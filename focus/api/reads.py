@@ -111,10 +111,12 @@ async def user_analytics(
     today; at most 366 days). Needs `sessions:self` (own user) or `analytics:read`."""
     caller, svc = authenticate(request), _services(request)
     check_read(caller, user_id)
+    plain = not (from_ or to or tz)
+    ticket = svc.cache.ticket(user_id) if plain else None  # before the read: see AnalyticsCache
     async with svc.pool.connection() as conn:
         totals, fresh = await svc.queries.totals(conn, user_id)
         daily = None
-        if from_ or to or tz:
+        if not plain:
             zone = tz or await svc.queries.latest_time_zone(conn, user_id) or "UTC"
             lo, hi = _range(from_, to, zone)
             try:
@@ -124,7 +126,9 @@ async def user_analytics(
                     raise invalid("query", "tz", "time zone unknown to the database", tz) from None
                 zone, days = "UTC", await svc.queries.days(conn, user_id, lo, hi, "UTC")
             daily = models.daily(zone, lo, hi, days)
-    return json_response(models.analytics(user_id, totals, fresh, daily))
+    out = models.analytics(user_id, totals, fresh, daily)
+    svc.cache.store(ticket, user_id, out)
+    return json_response(out)
 
 
 @router.get("/users/{user_id}/weekly", response_model=models.WeeklyOut, responses=_AUTH,

@@ -41,6 +41,14 @@ class ApiSettings(CommonSettings):
     )
     focus_api_pool_min: int = Field(1, ge=0, le=100, description="PostgreSQL pool: idle floor.")
     focus_api_pool_max: int = Field(8, ge=1, le=500, description="PostgreSQL pool: ceiling.")
+    focus_api_cache_entries: int = Field(
+        100_000, ge=0, le=10_000_000,
+        description="Users whose all-time analytics the API keeps in memory (0: no cache).",
+    )
+    focus_api_cache_ttl_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="Longest an analytics cache entry lives (bounds writes that send no notice).",
+    )
     focus_api_source: str = Field(
         "urn:focus-sessions:api", min_length=1, max_length=255,
         description="CloudEvents `source` of the events the write endpoints publish.",

@@ -138,6 +138,9 @@ async def _settle(svc: Services, sid: UUID, published: Published | None,
         async with svc.pool.connection() as conn:
             found, fresh = await svc.queries.session(conn, sid)
         if found is not None:
+            # read-your-writes: this process must not serve the user's analytics from
+            # before this write, even if the projector's notice is still on its way
+            svc.cache.forget(found.user_id)
             return json_response(models.session_out(found, fresh), code, location)
     if published is None:  # it was there a moment ago: only a rebuild in progress removes it
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no session {sid} is projected")

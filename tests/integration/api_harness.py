@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import httpx
+from fastapi import FastAPI
 
 from focus.api import ApiSettings, create_app, mint_token
 from focus.api.auth import ANALYTICS, SELF, WRITE
+from focus.api.cache import AnalyticsCache
 from focus.bootstrap import build_projector
 from focus.migrate import migrate
 from focus.settings import ProjectorSettings
@@ -41,6 +43,12 @@ ANALYST = token("analyst", ANALYTICS)
 class Api:
     client: httpx.AsyncClient
     settings: ApiSettings
+    app: FastAPI
+
+    @property
+    def cache(self) -> AnalyticsCache:
+        found: AnalyticsCache = self.app.state.analytics_cache
+        return found
 
     def user(self, user_id: str) -> dict[str, str]:
         return token(user_id, SELF)
@@ -88,7 +96,7 @@ async def running_api(
                 projecting(projector_kafka, settings.database_url, topics))
         client = await stack.enter_async_context(httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=30))
-        yield Api(client, settings)
+        yield Api(client, settings, app)
 
 
 async def eventually(check: object, attempts: Iterable[int] = range(200)) -> None:

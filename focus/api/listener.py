@@ -1,0 +1,67 @@
+"""Keeps the analytics cache coherent: LISTEN for the writers' change notices and apply them.
+
+The cache serves only while this listener holds a live connection. On connect it LISTENs
+*first* and then reads the positions, so no commit falls between the two; on any error it takes
+the cache offline (nothing served, nothing kept), backs off and connects again. An idle
+connection is pinged every ``heartbeat`` seconds, so a silently dead server is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from consumers.backoff import Backoff
+from focus.api.cache import AnalyticsCache
+from projections import notify
+from projections.queries import ReadQueries
+
+log = logging.getLogger(__name__)
+#: How the listener's connection shows in ``pg_stat_activity``.
+APPLICATION_NAME = "focus-api-cache"
+
+
+async def listen(url: str, cache: AnalyticsCache, queries: ReadQueries, *,
+                 heartbeat: float = 5.0, backoff: Backoff | None = None) -> None:
+    """Run until cancelled (the app's lifespan owns the task)."""
+    backoff = backoff or Backoff(base=0.1, cap=5.0)
+    attempt = 0
+    while True:
+        try:
+            async with await AsyncConnection.connect(
+                    url, autocommit=True, connect_timeout=5,
+                    application_name=APPLICATION_NAME) as conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(notify.CHANNEL)))
+                cache.go_online(await queries.freshness(conn))
+                attempt = 0
+                log.info("analytics cache online")
+                await _follow(conn, cache, queries, heartbeat)
+        except (psycopg.Error, OSError) as exc:
+            cache.go_offline()
+            attempt += 1
+            delay = backoff.delay(attempt)
+            log.warning("analytics cache offline (%s: %s); reconnecting in %.1fs",
+                        type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+        except BaseException:
+            cache.go_offline()
+            raise
+
+
+async def _follow(conn: AsyncConnection[Any], cache: AnalyticsCache, queries: ReadQueries,
+                  heartbeat: float) -> None:
+    while True:
+        # stop_after=1 ends the generator after the packet in hand (never inside it, which
+        # would lose the rest of the packet), so the connection is free for a query
+        flush = received = False
+        async for n in conn.notifies(timeout=heartbeat, stop_after=1):
+            received = True
+            flush = cache.apply(notify.parse(n.payload)) or flush
+        if flush:
+            cache.go_online(await queries.freshness(conn))
+        elif not received:
+            await conn.execute("SELECT 1")
