@@ -3,8 +3,6 @@ commit, answers only callers who may read, survives a lost connection, and a swa
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,17 +11,18 @@ import pytest
 
 from focus.api.listener import APPLICATION_NAME
 from producers import events as ev
-from tests.integration.api_harness import ANALYST, SERVICE, Api, api_settings, running_api, token
+from tests.integration.api_harness import (
+    ANALYST,
+    SERVICE,
+    Api,
+    api_settings,
+    eventually,
+    running_api,
+    token,
+)
 from tests.integration.test_replay import caught_up, replayer
 from tests.support.projection import publish, running_projector, settings_for
 from tests.support.stream import stream
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def analytics(api: Api, user: str, headers: dict[str, str] | None = None) -> Any:
@@ -33,8 +32,8 @@ async def analytics(api: Api, user: str, headers: dict[str, str] | None = None) 
 
 
 async def warm(api: Api, user: str) -> Any:
-    """Read ``user``'s analytics until a read is served from the cache; that answer."""
-    await until(lambda: _online(api))
+    """Read ``user``'s analytics twice: a miss that is kept, then a hit. The hit's answer."""
+    await eventually(lambda: _online(api))
     first = await analytics(api, user)  # a miss: read from PostgreSQL, then kept
     hits = api.cache.hits
     second = await analytics(api, user)
@@ -55,7 +54,7 @@ async def test_a_cached_read_follows_each_commit_of_the_projector(
     # alice's session starts, as another service publishes it (not through this API)
     start = ev.started("alice", t0)
     await publish(kafka_bootstrap, fresh_topics.events, [start])
-    await until(lambda: _started(api, "alice", 1))
+    await eventually(lambda: _started(api, "alice", 1))
     before = await warm(api, "alice")
     assert (before["sessions_started"], before["sessions_ended"]) == (1, 0)
 
@@ -63,7 +62,7 @@ async def test_a_cached_read_follows_each_commit_of_the_projector(
     sid = start.data.session_id
     [(partition, offset)] = await publish(kafka_bootstrap, fresh_topics.events, [
         ev.ended("alice", sid, t0 + timedelta(minutes=25), completed=True)])
-    await until(lambda: _ended(api, "alice", 1))
+    await eventually(lambda: _ended(api, "alice", 1))
     after = await analytics(api, "alice")
     assert after["total_focus_minutes"] == pytest.approx(25)
     assert after["completion_rate"] == 1.0
@@ -137,7 +136,7 @@ async def test_a_lost_listener_connection_stops_the_cache_until_it_is_back(
     t0 = datetime.now(UTC) - timedelta(minutes=40)
     start = ev.started("carol", t0)
     await publish(kafka_bootstrap, fresh_topics.events, [start])
-    await until(lambda: _started(api, "carol", 1))
+    await eventually(lambda: _started(api, "carol", 1))
     await warm(api, "carol")
 
     with psycopg.connect(api.settings.database_url, autocommit=True) as admin:
@@ -150,8 +149,8 @@ async def test_a_lost_listener_connection_stops_the_cache_until_it_is_back(
     # carol's session is projected, and no notice can reach this API
     await publish(kafka_bootstrap, fresh_topics.events, [
         ev.ended("carol", start.data.session_id, t0 + timedelta(minutes=20))])
-    await until(lambda: _ended(api, "carol", 1), seconds=20)
-    await until(lambda: _online(api), seconds=20)  # reconnected, from an empty cache
+    await eventually(lambda: _ended(api, "carol", 1), range(400))
+    await eventually(lambda: _online(api), range(400))  # reconnected, from an empty cache
     assert (await warm(api, "carol"))["sessions_ended"] == 1
 
 
@@ -174,7 +173,7 @@ async def test_a_replay_swap_flushes_what_the_api_cached_from_a_broken_table(
         report = await replayer(kafka_bootstrap, fresh_database, topic).run()
         assert report.swapped
         # the swap's flush notice, not the entry's age (60 s), brings the rebuilt figure
-        await until(lambda: _completed(api, "user-3", healthy))
+        await eventually(lambda: _completed(api, "user-3", healthy))
         assert (await warm(api, "user-3"))["sessions_completed"] == healthy
 
 

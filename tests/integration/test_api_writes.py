@@ -13,6 +13,7 @@ from tests.integration.api_harness import (
     SERVICE,
     Api,
     api_settings,
+    eventually,
     running_api,
     seed_session,
 )
@@ -126,8 +127,14 @@ async def test_database_unreachable_is_503_not_500(
         jo = api.user("jo")
         assert (await api.client.get("/users/jo/analytics", headers=jo)).status_code == 200
         postgres_proxy.pause()  # live connections dropped, new ones refused
+        # the analytics cache stops serving once its listener sees its connection gone
+        await eventually(lambda: _offline(api))
         r = await api.client.get("/users/jo/analytics", headers=jo)
         assert r.status_code == 503
         assert "PostgreSQL is unavailable" in r.json()["detail"]
         assert (await api.client.get("/healthz")).status_code == 503
         postgres_proxy.resume()
+
+
+async def _offline(api: Api) -> bool:
+    return not api.cache.online
