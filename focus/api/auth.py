@@ -104,11 +104,17 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
+def bearer_credentials(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, else None."""
+    scheme, _, credentials = header.partition(" ")
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
 def authenticate(request: Request) -> Principal:
     """The verified caller of ``request``, or 401. Hot read routes call this directly (no
     dependency tree to solve) and declare :data:`SECURED` for the OpenAPI document."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials:
+    credentials = bearer_credentials(request.headers.get("authorization", ""))
+    if credentials is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <jwt>'")
     verifier: TokenVerifier = request.app.state.verifier
     try:

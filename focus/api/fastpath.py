@@ -6,7 +6,7 @@ caller whose token may read that user, is answered here, with the bytes the rout
 token, another user's token, a query string, any other route) goes on to FastAPI unchanged,
 which validates, authenticates and answers as it always does. So this layer can only turn a
 request FastAPI would answer ``200`` into the same ``200``, sooner: a request costs about a
-tenth of FastAPI's routing, validation and dependency handling.
+third of a request routed through FastAPI (its routing, validation and dependency handling).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from focus.api.auth import TokenVerifier
+from focus.api.auth import TokenVerifier, bearer_credentials
 from focus.api.cache import AnalyticsCache
 
 _PREFIX, _SUFFIX = "/users/", "/analytics"
@@ -56,9 +56,9 @@ class CachedAnalytics:
 
     def _may_read(self, headers: Any, user_id: str) -> bool:
         for name, value in headers:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token:
+            if name == b"authorization":  # the first one, as Starlette's headers.get
+                token = bearer_credentials(value.decode("latin-1"))
+                if token is None:
                     return False
                 try:
                     return self.verifier.verify(token).may_read(user_id)
