@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -42,6 +43,16 @@ async def warm(api: Api, user: str) -> Any:
     return second
 
 
+async def started_elsewhere(api: Api, kafka: str, topic: str, user: str
+                            ) -> tuple[datetime, UUID]:
+    """Publish the start of a session of ``user`` 40 minutes ago; wait until it is projected."""
+    t0 = datetime.now(UTC) - timedelta(minutes=40)
+    start = ev.started(user, t0)
+    await publish(kafka, topic, [start])
+    await eventually(lambda: _started(api, user, 1))
+    return t0, start.data.session_id
+
+
 async def _online(api: Api) -> bool:
     return api.cache.online
 
@@ -50,16 +61,12 @@ async def test_a_cached_read_follows_each_commit_of_the_projector(
     projected_api: Api, kafka_bootstrap: str, fresh_topics: Any
 ) -> None:
     api = projected_api
-    t0 = datetime.now(UTC) - timedelta(minutes=40)
     # alice's session starts, as another service publishes it (not through this API)
-    start = ev.started("alice", t0)
-    await publish(kafka_bootstrap, fresh_topics.events, [start])
-    await eventually(lambda: _started(api, "alice", 1))
+    t0, sid = await started_elsewhere(api, kafka_bootstrap, fresh_topics.events, "alice")
     before = await warm(api, "alice")
     assert (before["sessions_started"], before["sessions_ended"]) == (1, 0)
 
     # it ends 25 minutes in: the projector's notice drops the entry, the next read is fresh
-    sid = start.data.session_id
     [(partition, offset)] = await publish(kafka_bootstrap, fresh_topics.events, [
         ev.ended("alice", sid, t0 + timedelta(minutes=25), completed=True)])
     await eventually(lambda: _ended(api, "alice", 1))
@@ -133,10 +140,7 @@ async def test_a_lost_listener_connection_stops_the_cache_until_it_is_back(
     projected_api: Api, kafka_bootstrap: str, fresh_topics: Any
 ) -> None:
     api = projected_api
-    t0 = datetime.now(UTC) - timedelta(minutes=40)
-    start = ev.started("carol", t0)
-    await publish(kafka_bootstrap, fresh_topics.events, [start])
-    await eventually(lambda: _started(api, "carol", 1))
+    t0, sid = await started_elsewhere(api, kafka_bootstrap, fresh_topics.events, "carol")
     await warm(api, "carol")
 
     with psycopg.connect(api.settings.database_url, autocommit=True) as admin:
@@ -148,7 +152,7 @@ async def test_a_lost_listener_connection_stops_the_cache_until_it_is_back(
     # the loss is noticed at the next heartbeat (5 s) at the latest; meanwhile the end of
     # carol's session is projected, and no notice can reach this API
     await publish(kafka_bootstrap, fresh_topics.events, [
-        ev.ended("carol", start.data.session_id, t0 + timedelta(minutes=20))])
+        ev.ended("carol", sid, t0 + timedelta(minutes=20))])
     await eventually(lambda: _ended(api, "carol", 1), range(400))
     await eventually(lambda: _online(api), range(400))  # reconnected, from an empty cache
     assert (await warm(api, "carol"))["sessions_ended"] == 1
