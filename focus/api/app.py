@@ -117,7 +117,8 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 async def healthz(svc: Svc) -> Response:
     """Liveness and readiness: `200` while PostgreSQL answers (reads work), else `503`.
-    Kafka is reported but does not fail the check: reads keep serving without it."""
+    Kafka and the analytics cache are reported but do not fail the check: reads keep serving
+    without either."""
     try:
         async with svc.pool.connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
@@ -125,9 +126,11 @@ async def healthz(svc: Svc) -> Response:
     except (psycopg.Error, PoolTimeout):
         database = "unavailable"
     broker = "connected" if svc.writer.connected else "not connected"
+    cache = "off" if svc.cache.capacity <= 0 else "online" if svc.cache.online else "offline"
     ok = database == "ok"
     return json_response(models.HealthOut(status="ok" if ok else "degraded", database=database,
-                                          broker=broker), 200 if ok else 503)
+                                          broker=broker, analytics_cache=cache),
+                         200 if ok else 503)
 
 
 async def _broker_down(request: Request, exc: Exception) -> Response:

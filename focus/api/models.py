@@ -123,6 +123,9 @@ class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unavailable"]
     broker: Literal["connected", "not connected"]
+    analytics_cache: Literal["online", "offline", "off"] = Field(
+        description="online: serving; offline: its LISTEN connection is down, every read goes "
+                    "to PostgreSQL; off: FOCUS_API_CACHE_ENTRIES=0.")
 
 
 def _minutes(seconds: Decimal) -> float:

@@ -53,6 +53,12 @@ async def started_elsewhere(api: Api, kafka: str, topic: str, user: str
     return t0, start.data.session_id
 
 
+async def _health(api: Api, cache: str) -> bool:
+    answer = await api.client.get("/healthz")
+    assert answer.status_code == 200, answer.text  # the cache never fails the check
+    return bool(answer.json()["analytics_cache"] == cache)
+
+
 async def _online(api: Api) -> bool:
     return api.cache.online
 
@@ -149,12 +155,14 @@ async def test_a_lost_listener_connection_stops_the_cache_until_it_is_back(
             " WHERE application_name = %s AND datname = current_database()",
             (APPLICATION_NAME,)).fetchall()
     assert killed == [(True,)]
+    await eventually(lambda: _health(api, "offline"), range(400))
     # the loss is noticed at the next heartbeat (5 s) at the latest; meanwhile the end of
     # carol's session is projected, and no notice can reach this API
     await publish(kafka_bootstrap, fresh_topics.events, [
         ev.ended("carol", sid, t0 + timedelta(minutes=20))])
     await eventually(lambda: _ended(api, "carol", 1), range(400))
     await eventually(lambda: _online(api), range(400))  # reconnected, from an empty cache
+    assert await _health(api, "online")
     assert (await warm(api, "carol"))["sessions_ended"] == 1
 
 
@@ -183,3 +191,16 @@ async def test_a_replay_swap_flushes_what_the_api_cached_from_a_broken_table(
 
 async def _completed(api: Api, user: str, n: int) -> bool:
     return bool((await analytics(api, user))["sessions_completed"] == n)
+
+
+async def test_healthz_says_the_cache_is_off_when_it_is_configured_off(
+    kafka_bootstrap: str, fresh_database: str, fresh_topics: Any
+) -> None:
+    settings = api_settings(kafka_bootstrap, fresh_database, fresh_topics,
+                            focus_api_cache_entries=0)
+    async with running_api(settings) as api:
+        assert await _health(api, "off")
+        user = api.user("dora")
+        for _ in range(2):
+            assert (await api.client.get("/users/dora/analytics", headers=user)).status_code == 200
+        assert (api.cache.hits, len(api.cache)) == (0, 0)
