@@ -52,7 +52,8 @@ class AnalyticsCache:
         #: user -> the ticket of the newest read of it that may still be stored
         self._pending: dict[str, Ticket] = {}
         self.online = False
-        self.hits = self.misses = self.stores = self.refused = 0
+        #: hits answered by the fast path; reads refused storage because a notice raced them
+        self.hits = self.refused = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,7 +76,6 @@ class AnalyticsCache:
         take one. Any notice that drops the user (or everyone) voids the ticket."""
         if not self.online or self.capacity <= 0:
             return None
-        self.misses += 1
         if len(self._pending) >= self.capacity:  # reads that failed never came back to store
             self._pending.clear()
         ticket = self._pending[user_id] = Ticket()
@@ -94,7 +94,6 @@ class AnalyticsCache:
         if user_id not in self._entries and len(self._entries) >= self.capacity:
             del self._entries[next(iter(self._entries))]
         self._entries[user_id] = (body[:-1] + _FRESHNESS_KEY, self._clock() + self.ttl)
-        self.stores += 1
         return True
 
     def forget(self, user_id: str) -> None:
