@@ -185,12 +185,12 @@ def test_the_mirror_has_the_contracts_fields_and_required_fields(mirror, model):
 
 
 def test_a_session_seen_before_still_gets_its_subject_and_key_checked(monkeypatch):
-    monkeypatch.setattr(wire, "_SUBJECTS", {})
+    monkeypatch.setattr(wire, "_SESSIONS", {})
     sid = uuid4()
     start = json.loads(encode(ev.started("ada", T0, session_id=sid)))
     wire.decode_message(b"ada", json.dumps(start).encode())  # remembers the session's subject
-    remembered = wire._SUBJECTS
-    assert remembered == {sid.int: str(sid)}
+    remembered = wire._SESSIONS
+    assert remembered == {sid.int: (str(sid), sid)}
     for subject in (str(sid).upper(), sid.hex, str(uuid4())):
         with pytest.raises(PoisonEvent, match=r"subject must equal data\.session_id"):
             wire.decode_message(b"ada", json.dumps({**start, "subject": subject}).encode())
@@ -199,13 +199,26 @@ def test_a_session_seen_before_still_gets_its_subject_and_key_checked(monkeypatc
     assert caught.value.reason == "key-mismatch"
 
 
-def test_the_remembered_subjects_are_bounded(monkeypatch):
-    monkeypatch.setattr(wire, "_SUBJECTS", {})
-    monkeypatch.setattr(wire, "_SUBJECTS_MAX", 2)
-    for _ in range(5):
-        start = ev.started("ada", T0)
-        assert wire.decode_message(b"ada", encode(start)).id == start.id
-        assert len(wire._SUBJECTS) <= 2
+def test_the_remembered_sessions_and_strings_are_bounded(monkeypatch):
+    monkeypatch.setattr(wire, "_SESSIONS", {})
+    monkeypatch.setattr(wire, "_STRINGS", {})
+    monkeypatch.setattr(wire, "_CACHE_MAX", 2)
+    for n in range(5):
+        start = ev.started(f"user-{n}", T0)
+        assert wire.decode_message(f"user-{n}".encode(), encode(start)).id == start.id
+        assert len(wire._SESSIONS) <= 2
+        assert len(wire._STRINGS) <= 2
+
+
+def test_events_of_one_session_share_their_repeated_values():
+    sid = uuid4()
+    start, end = (wire.decode_message(b"ada", encode(e)) for e in (
+        ev.started("ada", T0, session_id=sid), ev.ended("ada", sid, minutes(25), completed=True)))
+    assert start.data.session_id is end.data.session_id
+    assert start.subject is end.subject
+    assert start.source is end.source
+    assert start.data.user_id is end.data.user_id
+    assert (start.subject, start.data.user_id) == (str(sid), "ada")
 
 
 def test_every_event_has_a_kind_subclasses_and_both_decoders_included():
