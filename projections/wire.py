@@ -202,22 +202,18 @@ def _share(event: WireEvent | _EndedV1, data: _Data, session: tuple[str, UUID]) 
     an event's bytes there (docs/replay.md has the figures)."""
     force_setattr(event, "subject", session[0])
     force_setattr(data, "session_id", session[1])
-    source = _STRINGS.get(event.source)
-    if source is None:
-        _remember(event.source)
-    else:
-        force_setattr(event, "source", source)
-    user = _STRINGS.get(data.user_id)
-    if user is None:
-        _remember(data.user_id)
-    else:
-        force_setattr(data, "user_id", user)
+    force_setattr(event, "source", _shared(event.source))
+    force_setattr(data, "user_id", _shared(data.user_id))
 
 
-def _remember(text: str) -> None:
-    if len(_STRINGS) >= _CACHE_MAX:
-        _STRINGS.clear()
-    _STRINGS[text] = text
+def _shared(text: str) -> str:
+    """The one kept object equal to ``text`` (``text`` itself when first seen)."""
+    found = _STRINGS.get(text)
+    if found is None:
+        if len(_STRINGS) >= _CACHE_MAX:
+            _STRINGS.clear()
+        found = _STRINGS[text] = text
+    return found
 
 
 def encode(event: AnyEvent) -> bytes:
