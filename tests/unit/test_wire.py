@@ -213,12 +213,28 @@ def test_a_session_seen_before_still_gets_its_subject_and_key_checked(monkeypatc
 def test_the_remembered_sessions_and_strings_are_bounded(monkeypatch):
     monkeypatch.setattr(wire, "_SESSIONS", {})
     monkeypatch.setattr(wire, "_STRINGS", {})
+    monkeypatch.setattr(wire, "_USERS", {})
     monkeypatch.setattr(wire, "_CACHE_MAX", 2)
     for n in range(5):
         start = ev.started(f"user-{n}", T0)
         assert wire.decode_message(f"user-{n}".encode(), encode(start)).id == start.id
         assert len(wire._SESSIONS) <= 2
         assert len(wire._STRINGS) <= 2
+        assert len(wire._USERS) <= 2
+
+
+@pytest.mark.parametrize("user", ["ada\n", "a/b", "a b", "é", ""])
+def test_user_ids_the_contract_refuses_are_refused_for_its_reason(monkeypatch, user):
+    monkeypatch.setattr(wire, "_USERS", {})
+    body = json.loads(encode(ev.started("ada", T0)))
+    body["data"]["user_id"] = user
+    value = json.dumps(body).encode()
+    with pytest.raises(PoisonEvent) as ours:
+        wire.decode_message(None, value)
+    with pytest.raises(PoisonEvent) as theirs:
+        contract_decode(None, value)
+    assert (ours.value.reason, str(ours.value)) == (theirs.value.reason, str(theirs.value))
+    assert wire._USERS == {}  # only ids found valid are remembered
 
 
 def test_events_of_one_session_share_their_repeated_values():
