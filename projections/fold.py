@@ -29,6 +29,12 @@ class Status(StrEnum):
     CONTRADICTION = "contradiction"  # cannot be true given the session's start/end
 
 
+#: The members as module globals, for :func:`derive`: ``Status.APPLIED`` goes through the enum
+#: class (~0.1 µs), a global is a dict look-up, and a session sets five statuses or so.
+_APPLIED, _HELD, _SUPERSEDED, _CONTRADICTION = (
+    Status.APPLIED, Status.HELD, Status.SUPERSEDED, Status.CONTRADICTION)
+
+
 #: Events are keyed by their id's 128-bit integer (``UUID.int``), not by the UUID:
 #: ``UUID.__hash__`` is Python code, and the fold hashes every event id several times.
 EventKey = int
@@ -114,14 +120,14 @@ def derive(history: History) -> Derived:
         else:
             interruptions.append(cast("InterruptedEvent | Interrupted", event))
     if not starts:
-        return Derived(None, dict.fromkeys(history.events, Status.HELD), reasons)
+        return Derived(None, dict.fromkeys(history.events, _HELD), reasons)
 
     # Conflicts are settled by content, never arrival: the earliest start and the earliest
     # valid end win (ties: the smaller event id); the others are superseded.
     start = min(starts, key=_start_order) if len(starts) > 1 else starts[0]
     for other in starts:
-        status[other.id.int] = Status.SUPERSEDED
-    status[start.id.int] = Status.APPLIED
+        status[other.id.int] = _SUPERSEDED
+    status[start.id.int] = _APPLIED
     user, t0 = start.data.user_id, start.data.started_at
 
     valid_ends: list[EndedEvent | Ended] = []
@@ -137,7 +143,7 @@ def derive(history: History) -> Derived:
     winner = (min(valid_ends, key=_end_order) if len(valid_ends) > 1
               else valid_ends[0] if valid_ends else None)
     for end in valid_ends:
-        status[end.id.int] = Status.APPLIED if end is winner else Status.SUPERSEDED
+        status[end.id.int] = _APPLIED if end is winner else _SUPERSEDED
 
     t1 = winner.data.ended_at if winner else None
     counted = 0
@@ -151,36 +157,37 @@ def derive(history: History) -> Derived:
                          f"outside the session [{t0.isoformat()}, "
                          f"{t1.isoformat() if t1 else 'open'}]")
         else:
-            status[interruption.id.int] = Status.APPLIED
+            status[interruption.id.int] = _APPLIED
             counted += 1
 
     reported = winner.data.reported_interruptions if winner else None
-    row = SessionRow(
-        session_id=start.data.session_id,
-        user_id=user,
-        step_id=start.data.step_id,
-        started_at=t0,
-        ended_at=t1,
-        duration_minutes=start.data.duration_minutes,
-        completed=bool(winner and winner.data.outcome == "completed"),
-        interruptions=max(counted, reported or 0),
-        created_at=start.time,
-        focus_seconds=_seconds(t1 - t0) if t1 is not None else None,
-        outcome=winner.data.outcome if winner else None,
-        focus_quality=winner.data.focus_quality if winner else None,
-        interruption_events=counted,
-        reported_interruptions=reported,
-        time_zone=start.data.time_zone,
-        start_event_id=start.id,
-        end_event_id=winner.id if winner else None,
-    )
+    # positional, in column order: 17 keyword arguments cost ~1.2 µs more per session
+    row = SessionRow._make((
+        start.data.session_id,
+        user,
+        start.data.step_id,
+        t0,  # started_at
+        t1,  # ended_at
+        start.data.duration_minutes,
+        bool(winner and winner.data.outcome == "completed"),  # completed
+        max(counted, reported or 0),  # interruptions
+        start.time,  # created_at
+        _seconds(t1 - t0) if t1 is not None else None,  # focus_seconds
+        winner.data.outcome if winner else None,
+        winner.data.focus_quality if winner else None,
+        counted,  # interruption_events
+        reported,  # reported_interruptions
+        start.data.time_zone,
+        start.id,  # start_event_id
+        winner.id if winner else None,  # end_event_id
+    ))
     return Derived(row, status, reasons)
 
 
 def _contradicts(status: dict[EventKey, Status], reasons: dict[EventKey, str], event: AnyEvent,
                  why: str) -> None:
     # not a closure inside derive: closing over status would slow every access to it there
-    status[event.id.int] = Status.CONTRADICTION
+    status[event.id.int] = _CONTRADICTION
     reasons[event.id.int] = why
 
 
