@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,3 +155,27 @@ def derive_history(events):
     from projections.fold import History, extend
 
     return derive(extend(History(), [decode(encode(e)) for e in events])[0]).row
+
+
+def test_an_event_record_holds_what_rebuilds_the_event_for_either_decoder():
+    from projections import wire as fast
+    from projections.repository import SESSION_EVENT_COLUMNS, event_from_record
+
+    sid = ev.started("ada", T0).data.session_id
+    # every value distinct (recorded times later than the facts), so no column can stand in
+    # for another
+    late = {"time": minutes(60), "source": "urn:test:recorder"}
+    for event in (ev.started("ada", T0, session_id=sid, step_id=uuid4(), duration_minutes=40,
+                             time_zone="Europe/Paris", **late),
+                  ev.interrupted("ada", sid, minutes(3), reason="phone", **late),
+                  ev.ended("ada", sid, minutes(25), reported_interruptions=2, focus_quality=4,
+                           **late),
+                  ev.ended_v1("ada", sid, minutes(26), completed=False, interruptions=1,
+                              **late)):
+        expected = decode(encode(event))  # the contract's event (a v1 end upcast to v2)
+        for decoded in (expected, fast.decode_message(b"ada", encode(event))):
+            record = event_record(decoded, "applied", 3, 7)
+            columns = dict(zip(SESSION_EVENT_COLUMNS, record, strict=True))
+            assert (columns["status"], columns["kafka_partition"], columns["kafka_offset"]) == (
+                "applied", 3, 7)
+            assert event_from_record(columns) == expected
