@@ -193,7 +193,8 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
     if session is None:
         if len(_SESSIONS) >= _CACHE_MAX:
             _SESSIONS.clear()
-        session = _SESSIONS[sid.int] = (str(sid), sid)
+        # msgspec writes the canonical form, str(sid)'s, in C: 0.19 µs against 0.66
+        session = _SESSIONS[sid.int] = (msgspec.to_builtins(sid), sid)
     if event.subject != session[0] or (key is not None and key != data.user_id.encode()):
         check_message(key, event.subject, sid, data.user_id)  # raises, saying which
     _share(event, data, session, user)
