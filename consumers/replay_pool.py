@@ -70,7 +70,9 @@ def main_imports() -> list[str]:
     """
     main = sys.modules.get("__main__")
     found: set[str] = set()
-    for value in vars(main).values() if main is not None else ():
+    for key, value in vars(main).items() if main is not None else ():
+        if key.startswith("__"):
+            continue  # the module's own attributes: its loader, spec, builtins
         name = value.__name__ if isinstance(value, ModuleType) else getattr(
             value, "__module__", None)
         if isinstance(name, str) and name in sys.modules and not name.startswith("__"):

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_main_scripts_imports_are_the_loaded_modules_it_took_names_from(monkeypatch):
     main = types.ModuleType("__main__")
+    main.__loader__ = sys.modules[__name__].__loader__  # a module's own: not an import
     exec(textwrap.dedent("""
         import json
         from collections import OrderedDict
