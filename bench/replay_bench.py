@@ -11,6 +11,10 @@ swap included); then runs the live projector (``focus.bootstrap.build_projector`
 topic into a second fresh database and prints its events/s next to it. Servers come from
 ``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL); without them,
 an embedded broker and PostgreSQL are started for the run.
+
+With the embedded PostgreSQL, the first round runs on a server that has just started: it creates
+its WAL segments and first touches its shared buffers, and was 10-20 % slower than the rounds
+after it (a long-running server has both). Compare medians of several rounds.
 """
 
 from __future__ import annotations
