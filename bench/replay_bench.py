@@ -169,6 +169,8 @@ async def main(args: argparse.Namespace) -> None:
             whole = time.perf_counter() - t
             rates.append(report.events_per_second)
             label = f" (round {n} of {args.rounds})" if args.rounds > 1 else ""
+            if args.rounds > 1:  # the machine's speed can move between rounds: show it
+                label += f"; after it, {python_speed()}"
             print(f"replay bulk : {report.events:,} events in {report.bulk_seconds:.2f} s ="
                   f" {report.events_per_second:,.0f} events/s ({args.workers} workers){label}")
             print(f"replay total: {whole:.2f} s = {report.events / whole:,.0f} events/s"
