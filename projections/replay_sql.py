@@ -89,7 +89,12 @@ BULK_TABLES = ("session_events", "focus_sessions")
 
 async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[str]]:
     """Drop the bulk tables' indexes and keys in ``schema``; return, per table, the statements
-    that recreate them exactly (a sorted build is several times cheaper than row by row)."""
+    that recreate them exactly (a sorted build is several times cheaper than row by row).
+
+    Partial indexes stay: they hold the few rows their predicate picks (held and contradicting
+    events), so keeping one during the load costs a predicate per row, while building it
+    afterwards reads the whole table, at the end of the bulk phase, when nothing overlaps it
+    (~0.15 s for 1,000,000 events)."""
     cur = await conn.execute(
         "SELECT c.relname, 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) ||"
         " ' ADD CONSTRAINT ' || quote_ident(k.conname) || ' ' || pg_get_constraintdef(k.oid),"
@@ -103,7 +108,8 @@ async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, li
         " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
         " JOIN pg_class x ON x.oid = i.indexrelid"
         " WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s)"
-        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
+        " AND i.indpred IS NULL",
         (*[sql.Identifier(schema).as_string(conn)] * 2, schema, list(BULK_TABLES),
          sql.Identifier(schema).as_string(conn), schema, list(BULK_TABLES)),
     )

@@ -85,6 +85,26 @@ async def test_replay_of_a_simulated_log_equals_the_live_tables(
         assert schemas.fetchall() == []
 
 
+def indexes(url: str) -> list[tuple[str, str, str]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT tablename, indexname, indexdef FROM pg_indexes"
+                            " WHERE schemaname = 'public' ORDER BY 1, 2").fetchall()
+
+
+async def test_the_swapped_in_tables_have_every_index_and_key_of_the_live_ones(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    # the bulk phase drops the bulk tables' keys and full indexes and builds them after the
+    # load, and keeps their partial indexes through it: either way, all of them come back
+    migrate(fresh_database)
+    before = indexes(fresh_database)
+    assert any("WHERE" in definition for _, _, definition in before)  # a partial one is there
+    await publish(kafka_bootstrap, fresh_topics.events, stream(300, users=6))
+    report = await replayer(kafka_bootstrap, fresh_database, fresh_topics.events).run()
+    assert report.swapped
+    assert indexes(fresh_database) == before
+
+
 async def test_without_a_fork_server_the_workers_are_spawned(
     kafka_bootstrap, fresh_database, fresh_topics, monkeypatch
 ):
