@@ -4,9 +4,9 @@ Partitions are dealt to ``workers`` processes. They come from a fork server wher
 has one (Linux, macOS): a clean process, started by :func:`warm_up` while the replay still sets
 up its shadow schema, imports the worker's modules (and the main script's, see
 :func:`main_imports`) once, and every worker is forked from it ready to run. (Spawning imported
-them in every worker, all at once: ~0.4 s of CPU each, ~0.7 s under the ``focus`` command,
-whose own modules the children import too.) Either way nothing of
-the parent's event loop, sockets or threads is inherited. Elsewhere, workers are spawned.
+them in every worker, all at once: ~0.4 s of CPU each, ~0.7 s under the ``focus`` command, whose
+own modules the children import too.) Either way nothing of the parent's event loop, sockets or
+threads is inherited. Elsewhere, workers are spawned.
 
 The coordinator relays progress, finds sessions that more than one worker saw, has their owners
 hand them back, and folds those whole; likewise it collects the rollups of users more than one

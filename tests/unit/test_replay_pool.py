@@ -11,6 +11,8 @@ import textwrap
 import types
 from pathlib import Path
 
+import pytest
+
 from consumers import replay_pool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +37,7 @@ def test_a_worker_finds_the_main_scripts_imports_already_loaded(tmp_path):
     # CPython 3.11's fork server ignores a "__main__" preload, and every worker runs the main
     # script again: what the script imports must already be loaded, in the server.
     if replay_pool._context().get_start_method() != "forkserver":
-        return  # spawned workers import everything themselves; nothing to share
+        pytest.skip("no fork server here: spawned workers import everything themselves")
     (tmp_path / "marker.py").write_text(
         "import os\nPID = os.getpid()\ndef main():\n    pass\n")
     (tmp_path / "main.py").write_text(textwrap.dedent("""
