@@ -8,6 +8,7 @@ get a new version plus an upcaster (:func:`contracts.codec.upcast`).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Final, Literal
 from uuid import UUID
@@ -39,7 +40,55 @@ UserId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=255, pattern=USER_ID_PATTERN),
 ]
-Reason = Annotated[str, StringConstraints(max_length=500)]
+
+
+# -- what the read models can store and a timer can mean (guarantee 4) ----------------------
+# Every rule here is checked by the API (422 naming the field) and by the projector (a dead
+# letter with reason ``invalid``, or ``contradiction`` for the session-length rule, which needs
+# the session's start): one rule set, in one place.
+
+#: Text may hold any character PostgreSQL's ``text`` can store: everything but NUL. (Lone
+#: surrogates cannot be encoded as UTF-8: both JSON decoders refuse them as malformed JSON, and
+#: pydantic refuses them in Python strings.)
+NO_NUL_PATTERN: Final = "^[^\\u0000]*$"
+#: Every time (envelope ``time`` and the data's ``*_at``) lies in ``[EARLIEST, LATEST)``: far
+#: inside what PostgreSQL's ``timestamptz`` and Python's ``datetime`` hold, with room for any
+#: UTC offset and for the week and day arithmetic of the rollups.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
+#: The longest a session may last: its end and its interruptions lie within this time after
+#: its start (a Pomodoro does not last three years). An end or interruption past it is a
+#: contradiction; the API refuses it with 422.
+MAX_SESSION: Final = timedelta(hours=24)
+TIME_RANGE_TEXT: Final = (f"between {EARLIEST:%Y-%m-%dT%H:%M:%SZ} (inclusive) and "
+                          f"{LATEST:%Y-%m-%dT%H:%M:%SZ} (exclusive)")
+
+
+def storable_text(value: str) -> str:
+    """``value`` unless it holds a NUL character, which PostgreSQL text cannot store."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def in_time_range(value: datetime) -> datetime:
+    """``value`` if it lies in ``[EARLIEST, LATEST)``, else ``ValueError``."""
+    # the year check first: comparing an aware time near year 1 or 9999 with another converts
+    # it to UTC, which can overflow
+    if not (EARLIEST.year - 1 <= value.year <= LATEST.year and EARLIEST <= value < LATEST):
+        raise ValueError(f"must lie {TIME_RANGE_TEXT}")
+    return value
+
+
+_NO_NUL = Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
+#: The ``source`` of an event: 1-255 characters, no NUL.
+Source = Annotated[str, StringConstraints(min_length=1, max_length=255),
+                   AfterValidator(storable_text), _NO_NUL]
+#: An interruption's reason: at most 500 characters, no NUL.
+Reason = Annotated[str, StringConstraints(max_length=500), AfterValidator(storable_text), _NO_NUL]
+#: An aware time in the supported range.
+Instant = Annotated[AwareDatetime, AfterValidator(in_time_range), Field(
+    description=f"RFC 3339 with an offset, {TIME_RANGE_TEXT}.")]
 
 
 @lru_cache(maxsize=4096)  # on the hot path of every start event; zones are few
@@ -72,7 +121,7 @@ class SessionStartedV1(_Frozen):
     duration_minutes: int = Field(
         DEFAULT_PLANNED_MINUTES, ge=MIN_PLANNED_MINUTES, le=MAX_PLANNED_MINUTES
     )
-    started_at: AwareDatetime
+    started_at: Instant
     #: Additive (still v1): the user's IANA time zone, used for daily/weekly buckets.
     time_zone: TimeZone | None = None
 
@@ -82,7 +131,7 @@ class SessionInterruptedV1(_Frozen):
 
     session_id: UUID
     user_id: UserId
-    interrupted_at: AwareDatetime
+    interrupted_at: Instant
     reason: Reason | None = None
 
 
@@ -94,7 +143,7 @@ class SessionEndedV1(_Frozen):
 
     session_id: UUID
     user_id: UserId
-    ended_at: AwareDatetime
+    ended_at: Instant
     completed: bool
     interruptions: int | None = Field(None, ge=0, le=10_000)
 
@@ -109,7 +158,7 @@ class SessionEndedV2(_Frozen):
 
     session_id: UUID
     user_id: UserId
-    ended_at: AwareDatetime
+    ended_at: Instant
     outcome: Literal["completed", "abandoned", "cancelled"]
     reported_interruptions: int | None = Field(None, ge=0, le=10_000)
     focus_quality: int | None = Field(None, ge=1, le=5)
@@ -127,9 +176,9 @@ class CloudEvent(_Frozen):
 
     specversion: Literal["1.0"] = "1.0"
     id: UUID
-    source: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    source: Source
     type: str
-    time: AwareDatetime
+    time: Instant
     subject: str
     datacontenttype: Literal["application/json"] = "application/json"
 

@@ -32,16 +32,25 @@ RFC3339_PATTERN = (
 #: Envelope attributes a producer must send (CloudEvents requires ``specversion`` and ``type``).
 _REQUIRED_ENVELOPE = ["specversion", "id", "source", "type", "time", "subject", "data"]
 
+_HOURS = f"{ev.MAX_SESSION.total_seconds() / 3600:g}"
 _ENVELOPE_NOTES = {
     "id": "Unique per event (UUID): the dedupe key. A retry of the same fact reuses it.",
-    "source": "URI reference naming the emitting service, e.g. urn:my-timer-service.",
-    "time": "When the fact happened (RFC 3339 with an offset).",
+    "source": "URI reference naming the emitting service, e.g. urn:my-timer-service "
+    "(1-255 characters, no NUL).",
+    "time": f"When the fact happened (RFC 3339 with an offset, {ev.TIME_RANGE_TEXT}).",
     "subject": "The session id: must equal data.session_id.",
 }
 _DATA_NOTES = {
     "duration_minutes": "Planned length in minutes (5-90, default 25); not the elapsed time.",
     "time_zone": "The user's IANA time zone (e.g. Europe/Berlin), for daily/weekly buckets.",
     "user_id": "Opaque user id; also the Kafka message key.",
+    "started_at": f"RFC 3339 with an offset, {ev.TIME_RANGE_TEXT}.",
+    "interrupted_at": f"RFC 3339 with an offset, {ev.TIME_RANGE_TEXT}; within the session: "
+    f"not before started_at, not after ended_at, at most {_HOURS} h after started_at "
+    "(else the event is a contradiction).",
+    "ended_at": f"RFC 3339 with an offset, {ev.TIME_RANGE_TEXT}; not before started_at and at "
+    f"most {_HOURS} h after it (else the event is a contradiction).",
+    "reason": "Short free text (at most 500 characters, no NUL).",
 }
 
 

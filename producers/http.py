@@ -19,7 +19,7 @@ from uuid import UUID, uuid4, uuid5
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from contracts.codec import encode
 from contracts.events import (
@@ -28,6 +28,7 @@ from contracts.events import (
     MIN_PLANNED_MINUTES,
     CloudEvent,
     EndedEvent,
+    Instant,
     InterruptedEvent,
     Reason,
     StartedEvent,
@@ -63,7 +64,7 @@ class FocusSessionUpdate(_Body):
     """End a session. ``ended_at`` defaults to now; ``completed`` defaults to whether the
     planned duration was reached; ``interruptions`` is the timer's own count, if it kept one."""
 
-    ended_at: AwareDatetime | None = None
+    ended_at: Instant | None = None
     completed: bool | None = None
     interruptions: int | None = Field(None, ge=0, le=10_000)
 
@@ -71,7 +72,7 @@ class FocusSessionUpdate(_Body):
 class InterruptionCreate(_Body):
     """Record an interruption. ``interrupted_at`` defaults to now."""
 
-    interrupted_at: AwareDatetime | None = None
+    interrupted_at: Instant | None = None
     reason: Reason | None = None
 
 

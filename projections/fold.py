@@ -16,10 +16,11 @@ from enum import StrEnum
 from typing import NamedTuple, cast
 from uuid import UUID
 
-from contracts.events import EndedEvent, InterruptedEvent, StartedEvent
+from contracts.events import MAX_SESSION, EndedEvent, InterruptedEvent, StartedEvent
 from projections.wire import KINDS, AnyEvent, Ended, Interrupted, Started, kind_of
 
 _MICROS = Decimal(1_000_000)
+_LONGEST = f"{MAX_SESSION.total_seconds() / 3600:g} h"
 
 
 class Status(StrEnum):
@@ -68,6 +69,32 @@ def extend(history: History, events: Iterable[AnyEvent]) -> tuple[History, int]:
         if len(new) == size:
             known += 1
     return History(new), known
+
+
+def fact(event: AnyEvent) -> tuple[object, ...]:
+    """What an event says, for telling a duplicate from a conflict: its kind and its data (the
+    newest version's fields; the envelope's ``time`` and ``source`` say when and who sent it,
+    not what happened). Two events with one id and equal facts are one event delivered twice."""
+    d = event.data
+    kind = KINDS.get(type(event)) or kind_of(event)
+    if kind == "started":
+        s = cast("StartedEvent | Started", event).data
+        return (kind, s.session_id, s.user_id, s.step_id, s.duration_minutes, s.started_at,
+                s.time_zone)
+    if kind == "interrupted":
+        i = cast("InterruptedEvent | Interrupted", event).data
+        return (kind, i.session_id, i.user_id, i.interrupted_at, i.reason)
+    e = cast("EndedEvent | Ended", event).data
+    return (kind, d.session_id, d.user_id, e.ended_at, e.outcome, e.reported_interruptions,
+            e.focus_quality)
+
+
+def conflict(known: AnyEvent, event: AnyEvent) -> str | None:
+    """Why ``event`` cannot be the event ``known`` with the same id, or None if it is."""
+    if fact(known) == fact(event):
+        return None
+    return (f"event id {event.id} already names another {kind_of(known)} event of session "
+            f"{known.data.session_id} with different content; an event id names one fact")
 
 
 class SessionRow(NamedTuple):
@@ -129,6 +156,7 @@ def derive(history: History) -> Derived:
         status[other.id.int] = _SUPERSEDED
     status[start.id.int] = _APPLIED
     user, t0 = start.data.user_id, start.data.started_at
+    latest = t0 + MAX_SESSION  # the longest a session lasts (contracts.events.MAX_SESSION)
 
     valid_ends: list[EndedEvent | Ended] = []
     for end in ends:
@@ -138,6 +166,9 @@ def derive(history: History) -> Derived:
         elif end.data.ended_at < t0:
             _contradicts(status, reasons, end, f"ended_at {end.data.ended_at.isoformat()} is "
                          f"before started_at {t0.isoformat()}")
+        elif end.data.ended_at > latest:
+            _contradicts(status, reasons, end, f"ended_at {end.data.ended_at.isoformat()} is "
+                         f"more than {_LONGEST} after started_at {t0.isoformat()}")
         else:
             valid_ends.append(end)
     winner = (min(valid_ends, key=_end_order) if len(valid_ends) > 1
@@ -152,10 +183,10 @@ def derive(history: History) -> Derived:
         if interruption.data.user_id != user:
             _contradicts(status, reasons, interruption, f"user_id "
                          f"{interruption.data.user_id!r} differs from the start's {user!r}")
-        elif at < t0 or (t1 is not None and at > t1):
+        elif at < t0 or at > (latest if t1 is None else t1):
             _contradicts(status, reasons, interruption, f"interrupted_at {at.isoformat()} is "
                          f"outside the session [{t0.isoformat()}, "
-                         f"{t1.isoformat() if t1 else 'open'}]")
+                         f"{t1.isoformat() if t1 else f'open, at most {_LONGEST}'}]")
         else:
             status[interruption.id.int] = _APPLIED
             counted += 1

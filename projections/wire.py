@@ -15,8 +15,9 @@ The mirror is only a fast path. :func:`decode_message` gives exactly the answers
   pydantic's lax mode takes, such as ``"25"`` for an integer — goes to the contract's decoder,
   which returns its event or raises its :class:`~contracts.codec.PoisonEvent`;
 - so does anything with more than six fractional digits of a second (msgspec rounds them,
-  pydantic truncates), or with a ``\\u`` escape (which could spell such digits), and a time
-  zone the zone database does not know.
+  pydantic truncates), or with a ``\\u`` escape (which could spell such digits, a NUL or a
+  lone surrogate), a time zone the zone database does not know, and a time near or outside
+  the contract's range (:data:`contracts.events.EARLIEST` to ``LATEST``).
 
 So the fold sees either kind of event, with the same attribute names and types
 (:data:`AnyEvent`); events rebuilt from PostgreSQL stay pydantic models.
@@ -37,9 +38,11 @@ from contracts.codec import decode_message as contract_decode
 from contracts.codec import encode as contract_encode
 from contracts.events import (
     DEFAULT_PLANNED_MINUTES,
+    EARLIEST,
     ENDED_V1,
     ENDED_V2,
     INTERRUPTED_V1,
+    LATEST,
     MAX_PLANNED_MINUTES,
     MIN_PLANNED_MINUTES,
     STARTED_V1,
@@ -165,6 +168,9 @@ _STRINGS: dict[str, str] = {}
 _USER_ID = re.compile(USER_ID_PATTERN.removesuffix("$") + r"\Z")
 _USERS: dict[str, str] = {}
 _CACHE_MAX = 1 << 15
+#: Years whose every time lies in the contract's range whatever its UTC offset: a time in one
+#: is accepted here with two integer comparisons; any other goes to the contract to decide.
+_FIRST_SAFE_YEAR, _LAST_SAFE_YEAR = EARLIEST.year + 1, LATEST.year - 2
 
 
 def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
@@ -178,9 +184,19 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
     except msgspec.MsgspecError:
         return contract_decode(key, value)  # invalid, or valid only in pydantic's lax mode
     data = event.data
-    if type(data) is StartedData and data.time_zone is not None:
+    zone = None
+    if type(data) is StartedData:
+        at, zone = data.started_at, data.time_zone
+    elif type(data) is InterruptedData:
+        at = data.interrupted_at
+    else:
+        at = cast("EndedData | EndedV1Data", data).ended_at
+    if not (_FIRST_SAFE_YEAR <= at.year <= _LAST_SAFE_YEAR
+            and _FIRST_SAFE_YEAR <= event.time.year <= _LAST_SAFE_YEAR):
+        return contract_decode(key, value)  # the contract decides the range's edges
+    if zone is not None:
         try:
-            known_zone(data.time_zone)
+            known_zone(zone)
         except ValueError:
             return contract_decode(key, value)  # the contract says why
     user = _USERS.get(data.user_id)

@@ -137,7 +137,8 @@ def test_an_end_that_an_earlier_start_contradicts_leaves_the_week():
     # ... is superseded; an earlier one moves the session (and its end stays valid)
     after = derive_history([start, end, earlier])
     assert after == before
-    moved = derive_history([ev.started("ada", minutes(-60 * 24 * 7), session_id=sid), end])
+    # 21:00 UTC on Sunday, 22:00 in Paris: the week before, and 12 h 55 min before the end
+    moved = derive_history([ev.started("ada", minutes(-60 * 12), session_id=sid), end])
     change = weekly.delta(before, moved)
     assert sum(d.sessions_ended for d in change.values()) == 0
     assert len(change) == 2  # out of one week, into the one before
