@@ -22,8 +22,8 @@ _COMPONENT_REF = "#/components/schemas/{model}"
 
 #: Dead-letter reasons the projector writes today; consumers should accept others too.
 DLQ_REASONS = ["malformed-json", "unknown-type", "not-an-event", "invalid", "empty",
-               "contradiction"]
-DLQ_REBUILT = "focus.dlq.rebuilt"
+               "key-mismatch", "contradiction", "unstorable"]
+DLQ_REBUILT = topics.DLQ_REBUILT
 
 
 def _message_name(wire_type: str) -> str:
@@ -53,14 +53,25 @@ def dead_letter_headers() -> dict[str, Any]:
                 "Its offset, as decimal text; -1 when the event was rebuilt.",
                 pattern=r"^-?\d+$"),
             topics.DLQ_ORIGINAL_KEY: _text("The original key bytes (the user id); absent when "
-                                           "the event had no key."),
-            topics.DLQ_ORIGINAL_VALUE: _text("The original value bytes, unchanged."),
+                                           "the event had no key, or one too long to carry."),
+            topics.DLQ_ORIGINAL_SIZE: _text("Length of the original value in bytes, as decimal "
+                                            "text.", pattern=r"^\d+$"),
+            topics.DLQ_ORIGINAL_SHA256: _text("SHA-256 of the original value, lowercase hex.",
+                                              pattern="^[0-9a-f]{64}$"),
+            topics.DLQ_ORIGINAL_KEY_SHA256: _text(
+                "SHA-256 of an original key too long to carry (over 1024 bytes).",
+                pattern="^[0-9a-f]{64}$"),
+            topics.DLQ_OMITTED: _text(
+                "What was too large to carry: the message value is then empty (the original "
+                "value is over FOCUS_DLQ_MAX_ORIGINAL_BYTES) and/or the key is left out; the "
+                "original topic, partition and offset say where the bytes still are.",
+                enum=["value", "key", "value,key"]),
             DLQ_REBUILT: _text("'true' when the original bytes were no longer at hand and the "
                                "value was re-encoded from the stored event.", enum=["true"]),
         },
         "required": [topics.DLQ_REASON, topics.DLQ_DETAIL, topics.DLQ_ORIGINAL_TOPIC,
                      topics.DLQ_ORIGINAL_PARTITION, topics.DLQ_ORIGINAL_OFFSET,
-                     topics.DLQ_ORIGINAL_VALUE],
+                     topics.DLQ_ORIGINAL_SIZE, topics.DLQ_ORIGINAL_SHA256],
     }
 
 
@@ -168,7 +179,9 @@ def asyncapi_document(
                     "summary": "The refused event's original key and value; headers say why.",
                     "contentType": "application/octet-stream",
                     "headers": {"$ref": "#/components/schemas/DeadLetterHeaders"},
-                    "payload": _text("The original value bytes (usually CloudEvents JSON)."),
+                    "payload": _text("The original value bytes (usually CloudEvents JSON), "
+                                     "unchanged; empty when they were too large to carry "
+                                     "(header focus.dlq.original-omitted)."),
                     "bindings": {"kafka": {"key": _user_key(),
                                            "bindingVersion": KAFKA_BINDING}},
                 },

@@ -88,7 +88,8 @@ def test_dead_letter_channel_documents_its_headers() -> None:
     headers = _resolve(document, _resolve(document, ref["$ref"])["headers"]["$ref"])
     names = {topics.DLQ_REASON, topics.DLQ_DETAIL, topics.DLQ_ORIGINAL_TOPIC,
              topics.DLQ_ORIGINAL_PARTITION, topics.DLQ_ORIGINAL_OFFSET,
-             topics.DLQ_ORIGINAL_KEY, topics.DLQ_ORIGINAL_VALUE}
+             topics.DLQ_ORIGINAL_KEY, topics.DLQ_ORIGINAL_SIZE, topics.DLQ_ORIGINAL_SHA256,
+             topics.DLQ_OMITTED}
     assert names <= set(headers["properties"])
     assert topics.DLQ_REASON in headers["required"]
     assert topics.DLQ_ORIGINAL_KEY not in headers["required"]  # events may lack a key
