@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
-from projections.fold import Derived, EventKey, History, SessionRow, Status, derive, extend
+from projections.fold import Derived, EventKey, History, SessionRow, Status, conflict, derive
 from projections.rollups import UserDelta
 from projections.weekly import WeekDelta, WeekKey
 from projections.weekly import accumulate as add_weeks
@@ -70,21 +70,33 @@ def session_ids(batch: Iterable[Located]) -> list[UUID]:
 
 
 def plan(prior: Mapping[UUID, History], batch: Iterable[Located]) -> Plan:
-    """Fold a batch into the prior histories; return the writes and the new histories."""
-    result = Plan()
-    by_session: dict[int, list[AnyEvent]] = {}  # by UUID.int, as events are (see EventKey)
-    located_by_id: dict[EventKey, Located] = {}
-    for item in batch:
-        event = item.event
-        located_by_id.setdefault(event.id.int, item)  # a duplicate in the batch keeps the first
-        by_session.setdefault(event.data.session_id.int, []).append(event)
+    """Fold a batch into the prior histories; return the writes and the new histories.
 
-    empty = History()
-    for events in by_session.values():
-        sid = events[0].data.session_id
+    An event id the session already knows is settled by content: the same fact again is a
+    duplicate (ignored); another fact under that id is a contradiction (dead-lettered, never
+    stored). Event ids are settled per session: one id in two sessions is two events."""
+    result = Plan()
+    by_session: dict[int, list[Located]] = {}  # by UUID.int, as events are (see EventKey)
+    for item in batch:
+        by_session.setdefault(item.event.data.session_id.int, []).append(item)
+
+    for items in by_session.values():
+        sid = items[0].event.data.session_id
         before = prior.get(sid)
-        new_history, known = extend(before or empty, events)
-        result.duplicates += known
+        events = dict(before.events) if before is not None else {}
+        located_by_id: dict[EventKey, Located] = {}
+        for item in items:
+            event = item.event
+            key = event.id.int
+            known = events.get(key)
+            if known is None:
+                events[key] = event
+                located_by_id[key] = item
+            elif (why := conflict(known, event)) is None:
+                result.duplicates += 1
+            else:
+                result.contradictions.append(Contradiction(event, why, item))
+        new_history = History(events)
         old = derive(before) if before is not None else _NOTHING
         new = derive(new_history)
         result.histories[sid] = new_history

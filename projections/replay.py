@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from projections import weekly
-from projections.fold import EventKey, History, SessionRow, derive
+from projections.fold import EventKey, History, SessionRow, conflict, derive
 from projections.rollups import UserDelta
 from projections.wire import AnyEvent
 
@@ -103,17 +103,25 @@ class ShadowState:
         self.users: set[str] = set()
         self.events = 0
         self.duplicates = 0
+        #: Events refused because their id already named another fact of their session (the
+        #: live projector dead-letters them as contradictions).
+        self.conflicts = 0
 
     def add(self, event: AnyEvent, partition: int, offset: int) -> bool:
-        """Remember one event; ``False`` for a duplicate (an event id the session already has)."""
+        """Remember one event; ``False`` for an event id the session already has: a duplicate,
+        or a conflict (another fact under a known id: :func:`projections.fold.conflict`)."""
         sid = event.data.session_id.int
         session = self.sessions.get(sid)
         if session is None:
             session = self.sessions[sid] = _Session()
         key = event.id.int  # an EventKey, as in projections.fold
         events = session.history.events
-        if key in events:
-            self.duplicates += 1
+        known = events.get(key)
+        if known is not None:
+            if conflict(known, event) is None:
+                self.duplicates += 1
+            else:
+                self.conflicts += 1
             return False
         events[key] = event
         session.where.append((partition, offset))
