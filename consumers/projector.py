@@ -19,16 +19,32 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from consumers.backoff import Backoff
-from consumers.dlq import DeadLetter, contradiction_letter, dead_letter
+from consumers.dlq import MAX_ORIGINAL_BYTES, DeadLetter, contradiction_letter, dead_letter
 from contracts.codec import PoisonEvent
 from projections.batch import Located, plan, session_ids
-from projections.repository import Advance, Fenced, ProjectionRepository
+from projections.repository import Advance, Fenced, ProjectionRepository, Unstorable
 from projections.wire import decode_message
 
 log = logging.getLogger(__name__)
+
+#: Errors an event's *data* causes when PostgreSQL stores it (data, constraint and encoding
+#: errors; a value over an index's size limit) or when a row is formatted for it: isolated to
+#: the events that cause them, which are dead-lettered as ``unstorable`` (guarantee 4). Never
+#: retried: the same data fails the same way. Connection and server failures are retried.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded,
+    UnicodeError, OverflowError,
+)
+#: A dead letter the broker will never take: logged with its origin, and the partition moves on.
+UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 ConnectionFactory = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
 
@@ -41,6 +57,10 @@ class Stats:
     events: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    #: Events PostgreSQL refused although valid (each also counts as a dead letter).
+    unstorable: int = 0
+    #: Dead letters the broker refused (too large): logged, not sent.
+    letters_lost: int = 0
     fenced: int = 0
     retries: int = 0
     last_batch_at: float = 0.0
@@ -80,6 +100,7 @@ class Projector:
         max_records: int = 10_000,
         wait_ms: int = 100,
         backoff: Backoff | None = None,
+        max_original_bytes: int = MAX_ORIGINAL_BYTES,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -90,6 +111,7 @@ class Projector:
         self.max_records = max_records
         self.wait_ms = wait_ms
         self.backoff = backoff or Backoff()
+        self.max_original_bytes = max_original_bytes
         self.stats = Stats()
         #: Position each owned partition is at in PostgreSQL, as far as this process knows.
         self.expected: dict[int, int] = {}
@@ -147,7 +169,17 @@ class Projector:
     # -- one batch -----------------------------------------------------------------------
 
     async def project(self, decoded: Decoded) -> None:
-        """Apply one decoded batch: retried with backoff until it commits or is fenced."""
+        """Apply one decoded batch: retried with backoff until it commits or is fenced.
+
+        1. decode (done by the fetcher: poison becomes a dead letter);
+        2. load the touched sessions' histories, fold, publish the dead letters;
+        3. write rows, rollups and positions (compare-and-set) in one transaction; commit;
+        4. copy the positions to Kafka's committed offsets (for lag tooling).
+
+        A data error in step 2 or 3 is isolated to the events that cause it (:meth:`_isolate`);
+        they become dead letters and the rest commits. An infrastructure error retries the
+        batch with backoff; a letter the broker acknowledged is not sent again.
+        """
         generation = self._generation
         advances = [Advance(s.partition, self.expected[s.partition], s.last_offset + 1,
                             s.last_event_time) for s in decoded.spans]
@@ -155,18 +187,13 @@ class Projector:
             log.debug("batch %s", [(a.partition, a.expected, a.next_offset) for a in advances])
         attempt = 0
         insert_new = True
+        sent: set[tuple[bytes, ...]] = set()  # letters the broker has acknowledged
+        unstorable: list[Unstorable] = []
         while True:
             try:
-                await self._apply(decoded, advances, insert_new=insert_new)
+                await self._apply(decoded, advances, insert_new=insert_new, sent=sent,
+                                  unstorable=unstorable)
                 break
-            except psycopg.errors.UniqueViolation as exc:
-                if not insert_new:
-                    raise  # the upsert path has no insert that can collide: a real bug
-                # a session row the stored events do not account for (edited by hand?):
-                # apply this batch again, upserting every row (see repository.write)
-                log.warning("batch retried with upserts: %s", exc)
-                insert_new = False
-                await self._close_connection()
             except Fenced as exc:
                 self.stats.fenced += 1
                 log.warning("batch dropped: %s", exc)
@@ -174,16 +201,21 @@ class Projector:
                 # this batch's: read every owned position again
                 await self.on_assigned(list(self.expected))
                 return
+            except DATA_ERRORS as exc:
+                if insert_new and isinstance(exc, psycopg.errors.UniqueViolation):
+                    # a session row the stored events do not account for (edited by hand?):
+                    # apply this batch again, upserting every row (see repository.write)
+                    log.warning("batch retried with upserts: %s", exc)
+                    insert_new = False
+                    await self._close_connection()
+                    continue
+                try:
+                    decoded = await self._isolate(decoded, exc, unstorable)
+                except (psycopg.OperationalError, OSError) as lost:
+                    if await self._retry(lost, attempt := attempt + 1):
+                        return
             except (psycopg.OperationalError, KafkaError, OSError) as exc:
-                attempt += 1
-                self.stats.retries += 1
-                await self._close_connection()
-                delay = self.backoff.delay(attempt)
-                log.warning("batch failed (%s: %s); retry %d in %.1fs",
-                            type(exc).__name__, exc, attempt, delay)
-                if await self._sleep_or_stop(delay):
-                    log.warning("stopping with an uncommitted batch: it will be projected "
-                                "again from the stored positions")
+                if await self._retry(exc, attempt := attempt + 1):
                     return
         if generation == self._generation:
             # else a rebalance came during the transaction: the positions it read (or the
@@ -193,8 +225,86 @@ class Projector:
                 self.expected[adv.partition] = adv.next_offset
         self.stats.batches += 1
         self.stats.events += decoded.count
+        self.stats.unstorable += len(unstorable)
         self.stats.last_batch_at = time.monotonic()
         await self._commit_kafka_offsets(advances)
+
+    async def _retry(self, exc: BaseException, attempt: int) -> bool:
+        """Back off after an infrastructure failure; True when asked to stop meanwhile."""
+        self.stats.retries += 1
+        await self._close_connection()
+        delay = self.backoff.delay(attempt)
+        log.warning("batch failed (%s: %s); retry %d in %.1fs",
+                    type(exc).__name__, exc, attempt, delay)
+        if await self._sleep_or_stop(delay):
+            log.warning("stopping with an uncommitted batch: it will be projected "
+                        "again from the stored positions")
+            return True
+        return False
+
+    # -- isolating what the database refuses --------------------------------------------
+
+    async def _isolate(self, decoded: Decoded, error: BaseException,
+                       unstorable: list[Unstorable]) -> Decoded:
+        """The batch without the events that make PostgreSQL fail, which become dead letters
+        with reason ``unstorable`` (and rows of ``unstorable_events``).
+
+        Found by bisection in rolled-back transactions: a part that applies on top of the
+        parts already found good is kept; a failing part is halved, down to single events.
+        One culprit in a batch of n costs about 2·log2(n) trial transactions; valid batches
+        never come here. If no part fails alone (the failure did not come from the data),
+        the original error is raised as an infrastructure failure, to be retried.
+        """
+        log.warning("batch refused by PostgreSQL (%s: %s); isolating the events that cause it",
+                    type(error).__name__, error)
+        found = await self._culprits(decoded.located, error)
+        if not found:
+            raise psycopg.OperationalError(f"batch failed but no event alone fails: {error}")
+        bad = {id(item) for item, _ in found}
+        letters = list(decoded.letters)
+        for item, detail in found:
+            event = item.event
+            log.error("unstorable event %s at %s[%d]@%d: %s", event.id, self.topic,
+                      item.partition, item.offset, detail)
+            unstorable.append(Unstorable(item.partition, item.offset, event.id,
+                                         event.data.session_id, detail))
+            letters.append(dead_letter(
+                reason="unstorable", detail=detail, topic=self.topic, partition=item.partition,
+                offset=item.offset, key=event.data.user_id.encode(),
+                value=item.raw, max_original=self.max_original_bytes))
+        kept = [item for item in decoded.located if id(item) not in bad]
+        return Decoded(kept, letters, decoded.spans, decoded.count)
+
+    async def _culprits(self, items: list[Located], error: BaseException
+                        ) -> list[tuple[Located, str]]:
+        good: list[Located] = []
+        found: list[tuple[Located, str]] = []
+
+        async def search(part: list[Located], failed: BaseException | None) -> None:
+            failed = failed or await self._trial(good + part)
+            if failed is None:
+                good.extend(part)  # in log order: parts are searched left to right
+            elif len(part) == 1:
+                found.append((part[0], f"{type(failed).__name__}: {failed}"))
+            else:
+                half = len(part) // 2
+                await search(part[:half], None)
+                await search(part[half:], None)
+
+        await search(items, error)
+        return found
+
+    async def _trial(self, items: list[Located]) -> BaseException | None:
+        """The data error applying ``items`` gives (rolled back whatever happens), or None."""
+        conn = await self._connection()
+        try:
+            async with conn.transaction(force_rollback=True):
+                prior = await self.repository.load_histories(conn, session_ids(items))
+                await self.repository.write(conn, self.topic, plan(prior, items), (),
+                                            insert_new=False)
+        except DATA_ERRORS as exc:
+            return exc
+        return None
 
     def _decode(self, polled: Sequence[Sequence[ConsumerRecord[bytes, bytes]]]) -> Decoded:
         """Decode what one poll returned, a list of records per partition, in log order."""
@@ -208,11 +318,13 @@ class Projector:
                 try:
                     event = decode_message(rec.key, rec.value)
                 except PoisonEvent as poison:
-                    letters.append(dead_letter(
-                        reason=poison.reason, detail=poison.detail, topic=rec.topic,
-                        partition=rec.partition, offset=rec.offset, key=rec.key,
-                        value=rec.value,
-                    ))
+                    letters.append(self._letter(poison.reason, poison.detail, rec))
+                    continue
+                except Exception as exc:  # a decoder bug must not stop the stream either
+                    log.exception("decoding %s[%d]@%d failed", rec.topic, rec.partition,
+                                  rec.offset)
+                    letters.append(self._letter("invalid", f"the decoder failed: "
+                                                f"{type(exc).__name__}: {exc}", rec))
                     continue
                 located.append(Located(event, rec.partition, rec.offset, rec.value))
                 if newest is None or event.time > newest:
@@ -222,32 +334,69 @@ class Projector:
             count += len(records)
         return Decoded(located, letters, spans, count)
 
+    def _letter(self, reason: str, detail: str, rec: ConsumerRecord[bytes, bytes]) -> DeadLetter:
+        return dead_letter(reason=reason, detail=detail, topic=rec.topic,
+                           partition=rec.partition, offset=rec.offset, key=rec.key,
+                           value=rec.value, max_original=self.max_original_bytes)
+
     async def _apply(
-        self, decoded: Decoded, advances: Sequence[Advance], *, insert_new: bool = True
+        self, decoded: Decoded, advances: Sequence[Advance], *, insert_new: bool = True,
+        sent: set[tuple[bytes, ...]] | None = None, unstorable: Sequence[Unstorable] = (),
     ) -> None:
         conn = await self._connection()
         async with conn.transaction():
             prior = await self.repository.load_histories(conn, session_ids(decoded.located))
             result = plan(prior, decoded.located)
             letters = decoded.letters + [
-                contradiction_letter(c, self.topic) for c in result.contradictions
+                contradiction_letter(c, self.topic, self.max_original_bytes)
+                for c in result.contradictions
             ]
             # Dead letters are acknowledged before the positions commit: a crash in between
             # repeats them (at-least-once, each carries its origin), it never loses one.
-            await self._publish(letters)
+            await self._publish(letters, set() if sent is None else sent)
             await self.repository.write(conn, self.topic, result, advances,
-                                        insert_new=insert_new)
+                                        insert_new=insert_new, unstorable=unstorable)
         self.stats.duplicates += result.duplicates
         self.stats.dead_letters += len(letters)
 
-    async def _publish(self, letters: Sequence[DeadLetter]) -> None:
-        if not letters:
-            return
-        sent = [
-            await self.producer.send(self.dlq_topic, d.value, key=d.key, headers=d.headers)
-            for d in letters
-        ]
-        await asyncio.gather(*sent)
+    async def _publish(self, letters: Sequence[DeadLetter], sent: set[tuple[bytes, ...]]
+                       ) -> None:
+        """Send the letters not in ``sent`` and wait for their acknowledgements, adding each
+        acknowledged one to ``sent``. A letter the broker will never take (too large) is
+        logged with its origin and counted, not retried; other failures raise (retry)."""
+        pending = []
+        for letter in letters:
+            if letter.origin in sent:
+                continue
+            try:
+                future = await self.producer.send(self.dlq_topic, letter.value, key=letter.key,
+                                                  headers=letter.headers)
+            except UNSENDABLE as exc:
+                self._lost(letter, exc, sent)
+                continue
+            pending.append((letter, future))
+        outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        failure: BaseException | None = None
+        for (letter, _), outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, UNSENDABLE):
+                self._lost(letter, outcome, sent)
+            elif isinstance(outcome, BaseException):
+                failure = failure or outcome
+            else:
+                sent.add(letter.origin)
+        if failure is not None:
+            raise failure
+
+    def _lost(self, letter: DeadLetter, exc: BaseException, sent: set[tuple[bytes, ...]]
+              ) -> None:
+        headers = dict(letter.headers)
+        log.error("dead letter not sent (%s: %s): reason %s, origin %s[%s]@%s, %d bytes",
+                  type(exc).__name__, exc, headers.get("focus.dlq.reason", b"?").decode(),
+                  self.topic, headers.get("focus.dlq.original-partition", b"?").decode(),
+                  headers.get("focus.dlq.original-offset", b"?").decode(),
+                  len(letter.value))
+        self.stats.letters_lost += 1
+        sent.add(letter.origin)
 
     # -- positions -----------------------------------------------------------------------
 

@@ -123,7 +123,10 @@ class Replayer:
             ends = {p: min(end, live.get(p, 0)) for p, end in ends.items()}
         self.progress.bulk_started(ends)
         started = time.perf_counter()
-        specs = [BulkSpec(o.bootstrap, o.url, o.topic, o.shadow, group, ends, o.users)
+        async with await self._connect() as conn:
+            skip = await self.follow.unstorable(conn)
+        specs = [BulkSpec(o.bootstrap, o.url, o.topic, o.shadow, group, ends, o.users,
+                          frozenset(s for s in skip if s[0] in group))
                  for group in deal(sorted(ends), o.workers)]
         merged = await run_pool(specs, self.progress.bulk_advanced)
         await asyncio.gather(*(self._restore(statements) for statements in indexes.values()))

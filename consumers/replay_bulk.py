@@ -53,6 +53,9 @@ class BulkSpec:
     partitions: tuple[int, ...]
     ends: dict[int, int]
     users: frozenset[str] | None = None
+    #: ``(partition, offset)`` of events the live projector recorded as unstorable: skipped,
+    #: as it skipped them (guarantee 5 with guarantee 4).
+    skip: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(slots=True)
@@ -76,6 +79,7 @@ def run_worker(spec: BulkSpec, pipe: Connection) -> None:
         result.shared = state.take(int.from_bytes(shared[i:i + 16])
                                    for i in range(0, len(shared), 16))
         result.duplicates = state.duplicates
+        result.dead_letters += state.conflicts
         result.events = state.events
         result.rollups = load(spec.url, spec.schema, state, shared_users)
         pipe.send(("done", result))
@@ -110,7 +114,7 @@ async def _consume(
     consumer: AIOKafkaConsumer, spec: BulkSpec, todo: dict[int, int], state: ShadowState,
     result: BulkResult, pipe: Connection,
 ) -> None:
-    users = spec.users
+    users, skip = spec.users, spec.skip
     keys = None if users is None else {u.encode() for u in users}
     done: dict[int, int] = {}
     last_report = 0.0
@@ -133,6 +137,9 @@ async def _consume(
                     continue
                 if newest is None or event.time > newest:
                     newest = event.time
+                if skip and (p, rec.offset) in skip:
+                    result.dead_letters += 1
+                    continue
                 if users is None or event.data.user_id in users:
                     state.add(event, p, rec.offset)
             if newest is not None:

@@ -126,6 +126,7 @@ class Follower:
         self.options = options
         self.progress = progress
         self.repository = ProjectionRepository(options.shadow)
+        self.live = ProjectionRepository(options.live)
         self.tps: list[TopicPartition] = []
         self.consumer: AIOKafkaConsumer
 
@@ -163,6 +164,13 @@ class Follower:
         self.consumer.pause(*self.tps)
         return ends
 
+    async def unstorable(self, conn: AsyncConnection[Any]) -> set[tuple[int, int]]:
+        """Positions of the events the live projector recorded as unstorable (it skipped them:
+        so does the replay). Read after the live positions, it covers every event below them."""
+        if "unstorable_events" not in await replay_sql.tables(conn, self.options.live):
+            return set()  # a live schema from before migration 0003
+        return await self.live.unstorable_positions(conn, self.options.topic)
+
     async def catch_up(self, conn: AsyncConnection[Any], targets: Mapping[int, int]) -> int:
         """Apply the log from the shadow's positions up to ``targets``, in the caller's
         transaction; return how many records were read."""
@@ -171,6 +179,7 @@ class Follower:
         need = {p: t for p, t in targets.items() if t > current.get(p, 0) and p in current}
         if not need:
             return 0
+        skip = await self.unstorable(conn)
         by_partition = {tp.partition: tp for tp in self.tps}
         for p in need:
             self.consumer.seek(by_partition[p], current[p])
@@ -187,7 +196,7 @@ class Follower:
                 taken = [r for r in records if r.offset < end]
                 if not taken:
                     continue
-                newest = self._decode(taken, located)
+                newest = self._decode(taken, located, skip)
                 p, next_offset = tp.partition, taken[-1].offset + 1
                 advances.append(Advance(p, current[p], next_offset, newest))
                 current[p] = next_offset
@@ -199,7 +208,8 @@ class Follower:
                 await self._apply(conn, located, advances)
         return read
 
-    def _decode(self, records: Sequence[Any], into: list[Located]) -> datetime | None:
+    def _decode(self, records: Sequence[Any], into: list[Located],
+                skip: set[tuple[int, int]]) -> datetime | None:
         users, newest = self.options.users, None
         for rec in records:
             try:
@@ -207,6 +217,8 @@ class Follower:
             except PoisonEvent:
                 continue
             newest = event.time if newest is None else max(newest, event.time)
+            if (rec.partition, rec.offset) in skip:
+                continue
             if users is None or event.data.user_id in users:
                 into.append(Located(event, rec.partition, rec.offset))
         return newest

@@ -68,6 +68,7 @@ def build_projector(settings: ProjectorSettings, schema: str = "public") -> Proj
         max_records=settings.focus_batch_max_records,
         wait_ms=settings.focus_batch_wait_ms,
         backoff=Backoff(cap=settings.focus_retry_max_seconds),
+        max_original_bytes=settings.focus_dlq_max_original_bytes,
     )
 
 

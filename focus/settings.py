@@ -52,6 +52,11 @@ class ProjectorSettings(CommonSettings):
         10_000, ge=1000, description="Consumer-group session timeout: how soon a dead "
         "projector's partitions move to a live one.",
     )
+    focus_dlq_max_original_bytes: int = Field(
+        512 * 1024, ge=0, le=64 * 1024 * 1024, description="Largest original value a dead "
+        "letter carries; a larger one travels as its size, SHA-256 and origin instead. Keep "
+        "it ~16 KiB below the dead-letter topic's max.message.bytes.",
+    )
     focus_projector_processes: int = Field(
         1, ge=1, le=64, description="Projector worker processes `focus project` runs on this "
         "machine (one per core; more than the partitions leaves some idle). 1: no supervisor.",

@@ -174,16 +174,21 @@ async def check_swappable(
 
 
 async def swap_schemas(
-    conn: AsyncConnection[Any], live: str, shadow: str, retired: str, names: Iterable[str],
+    conn: AsyncConnection[Any], live: str, shadow: str, retired: str, names: Sequence[str],
     topic: str,
 ) -> None:
     """Move the live tables to ``retired`` and the shadow tables into ``live`` (one transaction).
 
-    Positions of *other* topics stored in the live table are carried over first.
+    Positions of *other* topics stored in the live table are carried over first, and so is the
+    record of events the live projector found unstorable (the replay skipped the same ones).
     """
     await conn.execute(
         sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE topic <> %s").format(
             _t(shadow, "projector_positions"), _t(live, "projector_positions")), (topic,))
+    if "unstorable_events" in names:  # the live projector's record of what it could not store
+        await conn.execute(
+            sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
+                _t(shadow, "unstorable_events"), _t(live, "unstorable_events")))
     await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(retired)))
     for name in names:
         await copy_grants(conn, _t(live, name), _t(shadow, name))

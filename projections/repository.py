@@ -62,6 +62,18 @@ STATS_SUMS = (
 STATS_COLUMNS = ("user_id", *STATS_SUMS, "last_session_at")
 
 
+@dataclass(frozen=True, slots=True)
+class Unstorable:
+    """An event PostgreSQL refused (a data, constraint or encoding error) although it passed
+    validation: recorded in ``unstorable_events`` with the batch, so a replay skips it too."""
+
+    partition: int
+    offset: int
+    event_id: UUID
+    session_id: UUID
+    detail: str
+
+
 class Fenced(RuntimeError):
     """Another projector moved a partition's position: this batch must not be applied."""
 
@@ -112,6 +124,15 @@ class ProjectionRepository:
             await notify.send(cur, notify.flush_notice(self.schema))
             return stored
 
+    async def unstorable_positions(
+        self, conn: AsyncConnection[Any], topic: str
+    ) -> set[tuple[int, int]]:
+        """``(partition, offset)`` of every event the live projector recorded as unstorable."""
+        cur = await conn.execute(
+            sql.SQL("SELECT kafka_partition, kafka_offset FROM {} WHERE topic = %s").format(
+                self._t("unstorable_events")), (topic,))
+        return {(p, o) for p, o in await cur.fetchall()}
+
     async def load_histories(
         self, conn: AsyncConnection[Any], session_ids: Sequence[UUID]
     ) -> dict[UUID, History]:
@@ -134,7 +155,7 @@ class ProjectionRepository:
 
     async def write(
         self, conn: AsyncConnection[Any], topic: str, plan: Plan, advances: Sequence[Advance],
-        *, insert_new: bool = True,
+        *, insert_new: bool = True, unstorable: Sequence[Unstorable] = (),
     ) -> None:
         """Apply a planned batch and move the positions, inside the caller's transaction.
 
@@ -173,6 +194,16 @@ class ProjectionRepository:
                 await apply_user_deltas(cur, self.schema, plan.deltas)
             if plan.weekly:
                 await apply_weekly(cur, self.schema, plan.weekly)
+            if unstorable:
+                await cur.executemany(
+                    sql.SQL(
+                        "INSERT INTO {} (topic, kafka_partition, kafka_offset, event_id,"
+                        " session_id, detail) VALUES (%s, %s, %s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING"
+                    ).format(self._t("unstorable_events")),
+                    [(topic, u.partition, u.offset, u.event_id, u.session_id,
+                      u.detail.replace("\x00", "")) for u in unstorable],
+                )
             await notify.send(cur, notify.batch_notice(
                 self.schema, topic,
                 [notify.Moved(a.partition, a.next_offset, a.last_event_time) for a in advances],
