@@ -51,6 +51,10 @@ _DATETIMES = st.sampled_from([
     "2026-03-02T09:00:00-00:00", "2026-03-02T09:00:00+23:59", "2026-03-02T09:00:00+24:00",
     "2026-03-02T23:59:60Z", "2026-02-30T09:00:00Z", "2026-03-02T09:00:00,5Z", "2026-03-02",
     "20260302T090000Z", "1772442000", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
+    # the contract's range, [1970-01-01, 2200-01-01) UTC, at its edges and offsets
+    "1969-12-31T23:59:59.999999Z", "1970-01-01T00:00:00Z", "1970-01-01T00:30:00+01:00",
+    "1971-01-01T00:00:00+23:59", "2199-12-31T23:59:59.999999Z", "2200-01-01T00:00:00Z",
+    "2199-12-31T23:00:00-14:00", "2198-12-31T23:00:00-14:00", "9999-12-31T23:59:59-14:00",
 ]) | st.datetimes(timezones=st.none() | st.timezones()).map(datetime.isoformat)
 _UUIDS = st.uuids().flatmap(lambda u: st.sampled_from([
     str(u), str(u).upper(), u.hex, f"{{{u}}}", f"urn:uuid:{u}", str(u)[:-1], str(SID),
@@ -58,6 +62,7 @@ _UUIDS = st.uuids().flatmap(lambda u: st.sampled_from([
 ]))
 _STRINGS = st.sampled_from([
     "", "ada", "ada\n", "ada ", "ADA", "a" * 255, "a" * 256, "a/b", "é", "\ud800", "\x00",
+    "a\x00b", "\x01", "\udc00z",
     "focus.session.started.v1", "focus.session.ended.v1", "focus.session.ended.v2",
     "focus.session.interrupted.v1", "focus.session.paused.v1", "1.0", "1.1", "application/json",
     "text/plain", "Europe/Paris", "Mars/Olympus", "UTC", "", "completed", "abandoned", "cancelled",
