@@ -14,7 +14,7 @@ import pytest
 from contracts import schema
 from contracts.codec import PoisonEvent, encode
 from contracts.codec import decode_message as contract_decode
-from contracts.events import EARLIEST, LATEST, MAX_SESSION, ENDED_V2, INTERRUPTED_V1
+from contracts.events import EARLIEST, ENDED_V2, INTERRUPTED_V1, LATEST, MAX_SESSION
 from producers import events as ev
 from projections import wire
 from projections.fold import History, Status, derive, extend
