@@ -79,19 +79,20 @@ async def list_sessions(
 
 
 @router.get("/sessions/{session_id}", response_model=models.SessionOut,
-            responses={**_AUTH, 404: {"description": "The projection has no such session"}},
+            responses={**_AUTH, 404: {"description": "The projection has no such session, or "
+                                      "it is another user's (to a `sessions:self` token)"}},
             openapi_extra=SECURED)
 async def get_session(session_id: UUID, request: Request) -> Response:
     """One session by id, as projected. `404` until its start event is projected.
 
-    Needs `sessions:self` (own session) or `analytics:read`."""
+    Needs `sessions:self` (own session) or `analytics:read`. Another user's session is `404`
+    to a `sessions:self` token, exactly as a missing one: an id's existence is not told."""
     caller, svc = authenticate(request), _services(request)
     require_any(caller, SELF, ANALYTICS)
     async with svc.pool.connection() as conn:
         found, fresh = await svc.queries.session(conn, session_id)
-    if found is None:
+    if found is None or not caller.may_read(found.user_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no session {session_id} is projected")
-    check_read(caller, found.user_id)
     return json_response(models.session_out(found, fresh))
 
 

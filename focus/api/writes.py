@@ -3,7 +3,8 @@
 Each validates, publishes one event with ``acks=all``, then waits (``FOCUS_API_WAIT_MS``) until
 the projector has applied it and answers with the projected session; when the wait runs out it
 answers ``202`` with ``Location``. A write for an existing session needs its start projected
-first (``404`` otherwise): only the projection knows whose session it is.
+first (``404`` otherwise): only the projection knows whose session it is, and to a
+``sessions:self`` token another user's session is ``404`` too, so an id's existence is not told.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ KeyHeader = Annotated[IdempotencyKey | None, Header(
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": models.AcceptedOut, "description": "Published, not yet projected"},
     401: {"description": "Missing, invalid or expired token"},
-    403: {"description": "Token lacks the scope, or the session is another user's"},
+    403: {"description": "Token lacks the scope, or the user is another one"},
     503: {"description": "Kafka is unreachable; nothing was written"},
 }
 _SESSION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_RESPONSES,
-    404: {"description": "No such session is projected"},
+    403: {"description": "Token lacks the scope"},
+    404: {"description": "No such session is projected, or it is another user's (to a "
+                         "`sessions:self` token)"},
     409: {"description": "The session has already ended"},
 }
 
@@ -122,12 +125,11 @@ async def _writable(svc: Services, caller: Principal, session_id: UUID) -> Sessi
     require_any(caller, SELF, WRITE)
     async with svc.pool.connection() as conn:
         found, _ = await svc.queries.session(conn, session_id)
-    if found is None:
+    if found is None or not caller.may_write(found.user_id):
+        # another user's session reads as a missing one: a user token learns nothing
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"no session {session_id} is projected (a session is writable once "
                             "its start is readable at GET /sessions/{id})")
-    forbid_unless(caller.may_write(found.user_id),
-                  "a sessions:self token writes only its own user's sessions")
     return found
 
 

@@ -42,6 +42,9 @@ ROUTES = [
     ("POST", "/sessions/{sid}/interruptions", {}),
 ]
 READS, WRITES = ROUTES[:4], ROUTES[4:]
+# the routes that name a session by id: to a user token another user's session is missing
+BY_SESSION_ID = [r for r in ROUTES if "{sid}" in r[1]]
+BY_USER = [r for r in ROUTES if r not in BY_SESSION_ID]
 NOW = 2_000_000_000
 
 
@@ -84,9 +87,26 @@ async def test_bad_token_is_401(api: Api, route: tuple[str, str, object], bad: s
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r[0]} {r[1]}")
+@pytest.mark.parametrize("route", BY_USER, ids=lambda r: f"{r[0]} {r[1]}")
 async def test_another_users_token_is_403(api: Api, route: tuple[str, str, object]) -> None:
     assert await _call(api, route, token("mallory", SELF)) == 403
+
+
+@pytest.mark.parametrize("route", BY_SESSION_ID, ids=lambda r: f"{r[0]} {r[1]}")
+async def test_another_users_session_is_404_like_a_missing_one(
+    api: Api, route: tuple[str, str, object]
+) -> None:
+    # a user token must not learn whether another user's session id exists
+    method, path, body = route
+    mallory = token("mallory", SELF)
+    theirs = await api.client.request(method, path.format(sid=api.alice_session),  # type: ignore[attr-defined]
+                                      json=body, headers=mallory)
+    missing_id = str(uuid.uuid4())
+    missing = await api.client.request(method, path.format(sid=missing_id), json=body,
+                                       headers=mallory)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == {
+        "detail": missing.json()["detail"].replace(missing_id, api.alice_session)}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("route", READS, ids=lambda r: f"{r[0]} {r[1]}")
