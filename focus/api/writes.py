@@ -15,6 +15,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 
+from contracts.events import MAX_SESSION
 from focus.api import models
 from focus.api.auth import SELF, WRITE, Caller, Principal, forbid_unless, require_any
 from focus.api.deps import Services, Svc, json_response
@@ -33,6 +34,7 @@ from producers.http import (
 from projections.queries import SessionRecord
 
 router = APIRouter(tags=["write"])
+_LONGEST = f"{MAX_SESSION.total_seconds() / 3600:g} h"
 KeyHeader = Annotated[IdempotencyKey | None, Header(
     description="Retry-safe key: the same key (per user, per session) never writes twice.")]
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -81,9 +83,11 @@ async def end_session(session_id: UUID, body: FocusSessionUpdate, caller: Caller
                       idempotency_key: KeyHeader = None) -> Response:
     """End a focus session (publishes `focus.session.ended.v2`).
 
-    `ended_at` defaults to now and may not precede the start; `completed` defaults to whether
-    the planned duration was reached. An ended session cannot be ended again (`409`), except
-    by a retry with the same `Idempotency-Key`."""
+    `ended_at` defaults to now; it may not precede the start, nor lie more than 24 h (the
+    longest session) after it: a session started longer ago needs an explicit `ended_at`
+    (`422` naming `ended_at`). `completed` defaults to whether the planned duration was
+    reached. An ended session cannot be ended again (`409`), except by a retry with the same
+    `Idempotency-Key`."""
     found = await _writable(svc, caller, session_id)
     if found.ended_at is not None:
         if idempotency_key and found.end_event_id == end_event_id(session_id, idempotency_key):
@@ -94,6 +98,7 @@ async def end_session(session_id: UUID, body: FocusSessionUpdate, caller: Caller
     if body.ended_at is not None and body.ended_at < found.started_at:
         raise invalid("body", "ended_at", "ended_at is before the session's started_at "
                       f"({found.started_at.isoformat()})", body.ended_at.isoformat())
+    _within_longest(found, "ended_at", body.ended_at, now)
     event = end_event(body, found.user_id, session_id, found.started_at,
                       found.duration_minutes, max(now, found.started_at), svc.source,
                       idempotency_key)
@@ -106,17 +111,21 @@ async def interrupt_session(session_id: UUID, body: InterruptionCreate, caller: 
                             svc: Svc, idempotency_key: KeyHeader = None) -> Response:
     """Record an interruption of a running session (publishes `focus.session.interrupted.v1`).
 
-    `interrupted_at` defaults to now and must fall within the session (`422` otherwise)."""
+    `interrupted_at` defaults to now and must fall within the session: not before its start,
+    nor more than 24 h (the longest session) after it (`422` otherwise; a session started
+    longer ago needs an explicit `interrupted_at`)."""
     found = await _writable(svc, caller, session_id)
     if found.ended_at is not None:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"session {session_id} already ended at {found.ended_at.isoformat()}")
-    at = body.interrupted_at or max(_now(), found.started_at)
+    now = _now()
+    at = body.interrupted_at or max(now, found.started_at)
     if at < found.started_at:
         raise invalid("body", "interrupted_at", "interrupted_at is before the session's "
                       f"started_at ({found.started_at.isoformat()})", at.isoformat())
+    _within_longest(found, "interrupted_at", body.interrupted_at, now)
     body = body.model_copy(update={"interrupted_at": at})
-    event = interruption_event(body, found.user_id, session_id, _now(), svc.source,
+    event = interruption_event(body, found.user_id, session_id, now, svc.source,
                                idempotency_key)
     return await _settle(svc, session_id, await svc.writer.publish(event), 201)
 
@@ -131,6 +140,22 @@ async def _writable(svc: Services, caller: Principal, session_id: UUID) -> Sessi
                             f"no session {session_id} is projected (a session is writable once "
                             "its start is readable at GET /sessions/{id})")
     return found
+
+
+def _within_longest(found: SessionRecord, name: str, given: datetime | None,
+                    now: datetime) -> None:
+    """422 naming ``name`` unless the time lies within the longest session after the start
+    (``contracts.events.MAX_SESSION``, as the projector checks it)."""
+    latest = found.started_at + MAX_SESSION
+    start = found.started_at.isoformat()
+    if given is not None and given > latest:
+        raise invalid("body", name, f"{name} is more than {_LONGEST} after the session's "
+                      f"started_at ({start}); a session lasts at most {_LONGEST}",
+                      given.isoformat())
+    if given is None and now > latest:
+        raise invalid("body", name, f"{name} is required: the session started at {start}, "
+                      f"more than {_LONGEST} (the longest a session lasts) ago; give an "
+                      f"{name} within {_LONGEST} of the start")
 
 
 async def _settle(svc: Services, sid: UUID, published: Published | None,
