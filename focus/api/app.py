@@ -22,11 +22,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from contracts.asyncapi import asyncapi_document
 from focus import bootstrap
-from focus.api import models, reads, writes
+from focus.api import errors, models, reads, writes
 from focus.api.auth import SCOPES, TokenVerifier
 from focus.api.cache import AnalyticsCache
 from focus.api.deps import Services, Svc, json_response
 from focus.api.fastpath import CachedAnalytics
+from focus.api.limits import BodyLimit
 from focus.api.listener import listen
 from focus.api.settings import ApiSettings
 from producers.http import BrokerUnavailable, KafkaWriter
@@ -90,6 +91,8 @@ def create_app(
                            topic=settings.focus_events_topic)
     app.state.analytics_cache = cache
     app.add_middleware(CachedAnalytics, cache=cache, verifier=app.state.verifier)
+    # added last, so outermost: nothing reads a body before the limit is checked
+    app.add_middleware(BodyLimit, max_bytes=settings.focus_api_max_body_bytes)
     app.include_router(reads.router)
     app.include_router(writes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"],
@@ -103,6 +106,7 @@ def create_app(
         return JSONResponse(document)
 
     app.add_api_route("/asyncapi", asyncapi, methods=["GET"], tags=["ops"])
+    errors.install(app)
     app.add_exception_handler(BrokerUnavailable, _broker_down)
     app.add_exception_handler(psycopg.OperationalError, _database_down)
     app.add_exception_handler(PoolTimeout, _database_down)

@@ -39,6 +39,10 @@ class ApiSettings(CommonSettings):
         5000, ge=100, le=120_000,
         description="How long a write may take to publish (acks=all) before answering 503.",
     )
+    focus_api_max_body_bytes: int = Field(
+        65_536, ge=1024, le=16 * 1024 * 1024,
+        description="Largest request body accepted; a larger one is refused with 413 unread.",
+    )
     focus_api_pool_min: int = Field(1, ge=0, le=100, description="PostgreSQL pool: idle floor.")
     focus_api_pool_max: int = Field(8, ge=1, le=500, description="PostgreSQL pool: ceiling.")
     focus_api_cache_entries: int = Field(
