@@ -3,37 +3,40 @@
 Connections open in the lifespan: the PostgreSQL pool (unless one is passed in), the analytics
 cache's LISTEN connection (:mod:`focus.api.listener`) and, lazily on the first write, the Kafka
 producer, so the read side serves even while Kafka is down.
+
+Bounds (see docs/api.md): a body over ``FOCUS_API_MAX_BODY_BYTES`` is refused unread
+(:mod:`focus.api.limits`); every PostgreSQL use ends within ``FOCUS_API_DB_TIMEOUT_MS`` and
+every publish within ``FOCUS_API_PUBLISH_TIMEOUT_MS`` (:mod:`focus.api.deps`); errors are
+answered by :mod:`focus.api.errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
 
 from contracts.asyncapi import asyncapi_document
 from focus import bootstrap
 from focus.api import errors, models, reads, writes
 from focus.api.auth import SCOPES, TokenVerifier
 from focus.api.cache import AnalyticsCache
-from focus.api.deps import Services, Svc, json_response
+from focus.api.deps import DATABASE_ERRORS, Database, Services, Svc, json_response
 from focus.api.fastpath import CachedAnalytics
 from focus.api.limits import BodyLimit
 from focus.api.listener import listen
 from focus.api.settings import ApiSettings
-from producers.http import BrokerUnavailable, KafkaWriter
+from producers.http import KafkaWriter
 from projections.queries import ReadQueries
-
-log = logging.getLogger(__name__)
 
 DESCRIPTION = """Pomodoro focus sessions, event-sourced: writes publish events to Kafka, reads
 serve the PostgreSQL projections. Every read says how fresh the projection is.
@@ -53,6 +56,7 @@ def create_app(
         raise ValueError("create_app needs resolved settings: DATABASE_URL and "
                          "KAFKA_BOOTSTRAP_SERVERS (focus.servers.resolved fills them in)")
     database_url, kafka = settings.database_url, settings.kafka_bootstrap_servers
+    db_timeout_ms = settings.focus_api_db_timeout_ms
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,24 +65,31 @@ def create_app(
             if db is None:
                 db = AsyncConnectionPool(
                     database_url, min_size=settings.focus_api_pool_min,
-                    max_size=settings.focus_api_pool_max, open=False, timeout=5.0,
-                    kwargs={"autocommit": True, "connect_timeout": 5},
+                    max_size=settings.focus_api_pool_max, open=False,
+                    timeout=db_timeout_ms / 1000,
+                    kwargs={"autocommit": True, "connect_timeout": 5,
+                            "options": _with_statement_timeout(database_url, db_timeout_ms)},
                     name="focus-api",
                 )
                 await db.open(wait=False)
                 stack.push_async_callback(db.close)
+            database = Database(db, db_timeout_ms / 1000)
+            stack.push_async_callback(database.abandoned.close)
             writer = KafkaWriter(
                 lambda: bootstrap.producer(kafka, linger_ms=0, request_timeout_ms=timeout_ms),
                 settings.focus_events_topic, kafka, timeout_ms / 1000, producer,
             )
             stack.push_async_callback(writer.close)
-            app.state.services = Services(
-                db, queries, writer, settings.focus_api_source,
-                settings.focus_api_wait_ms / 1000, cache,
+            services = Services(
+                database, queries, writer, settings.focus_api_source,
+                settings.focus_api_wait_ms / 1000, cache, timeout_ms / 1000, kafka,
             )
+            stack.push_async_callback(services.background.close)
+            app.state.services = services
             if cache.capacity > 0:
-                task = asyncio.create_task(listen(database_url, cache, queries),
-                                           name="analytics-cache-listener")
+                task = asyncio.create_task(
+                    listen(database_url, cache, queries, answer_within=db_timeout_ms / 1000),
+                    name="analytics-cache-listener")
                 stack.push_async_callback(_cancel, task)
             yield
 
@@ -107,9 +118,6 @@ def create_app(
 
     app.add_api_route("/asyncapi", asyncapi, methods=["GET"], tags=["ops"])
     errors.install(app)
-    app.add_exception_handler(BrokerUnavailable, _broker_down)
-    app.add_exception_handler(psycopg.OperationalError, _database_down)
-    app.add_exception_handler(PoolTimeout, _database_down)
     return app
 
 
@@ -120,34 +128,31 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def healthz(svc: Svc) -> Response:
-    """Liveness and readiness: `200` while PostgreSQL answers (reads work), else `503`.
-    Kafka and the analytics cache are reported but do not fail the check: reads keep serving
-    without either."""
+    """Liveness and readiness: `200` while PostgreSQL answers (reads work), else `503`
+    (`degraded`) within `FOCUS_API_DB_TIMEOUT_MS`. Kafka and the analytics cache are reported
+    but do not fail the check: reads keep serving without either."""
     try:
-        async with svc.pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
+        await svc.db.run(_ping)
         database = "ok"
-    except (psycopg.Error, PoolTimeout):
+    except DATABASE_ERRORS:
         database = "unavailable"
     broker = "connected" if svc.writer.connected else "not connected"
     cache = "off" if svc.cache.capacity <= 0 else "online" if svc.cache.online else "offline"
     ok = database == "ok"
     return json_response(models.HealthOut(status="ok" if ok else "degraded", database=database,
                                           broker=broker, analytics_cache=cache),
-                         200 if ok else 503)
+                         200 if ok else 503, None if ok else errors.RETRY_AFTER)
 
 
-async def _broker_down(request: Request, exc: Exception) -> Response:
-    log.warning("write refused, broker unavailable: %s", exc)
-    return JSONResponse({"detail": str(exc)}, 503, {"Retry-After": "5"})
+def _with_statement_timeout(url: str, timeout_ms: int) -> str:
+    """The URL's libpq ``options`` plus a server-side ``statement_timeout``: a slow server ends
+    a statement itself (a hung one never does: :class:`focus.api.deps.Database` covers that)."""
+    given = str(conninfo_to_dict(url).get("options") or "")
+    return f"{given} -c statement_timeout={timeout_ms}".strip()
 
 
-async def _database_down(request: Request, exc: Exception) -> Response:
-    log.warning("request failed, database unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": f"PostgreSQL is unavailable ({type(exc).__name__}); retry shortly"},
-        503, {"Retry-After": "5"},
-    )
+async def _ping(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute("SELECT 1")
 
 
 def from_environment() -> FastAPI:

@@ -1,4 +1,5 @@
-"""How failures are answered: a 422 that always renders and never echoes much.
+"""How failures are answered: 422 that always renders and never echoes much, 503 that says
+what happened to a write's event.
 
 FastAPI's own 422 echoes each error's ``input`` whole (a 50 MB array came back whole) and
 cannot render NaN, Infinity or a lone surrogate, which ``json.loads`` accepts in a body (a 500).
@@ -20,12 +21,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from focus.api.deps import DATABASE_ERRORS, DatabaseTimeout, PublishFailed
+
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 100
 MAX_ERRORS = 20
 _MSG_CHARS = 300
 _MAX_DEPTH = 4
+RETRY_AFTER = {"Retry-After": "5"}
 
 #: What pydantic's message leaves out, for inputs that JSON parsing lets through.
 _HINTS = {"string_unicode": " (it holds a lone UTF-16 surrogate, such as \\ud800, which is "
@@ -40,6 +44,9 @@ _REPR.maxlevel = 3
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(PublishFailed, publish_failed)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, database_down)
 
 
 async def invalid_request(request: Request, exc: Exception) -> Response:
@@ -119,3 +126,30 @@ def _text(value: str, limit: int) -> str:
     cut = value if len(value) <= limit else value[:limit] + "…"
     return cut.encode("utf-8", "backslashreplace").decode("utf-8")
 
+
+async def database_down(request: Request, exc: Exception) -> Response:
+    log.warning("request failed, database unavailable: %s: %s", type(exc).__name__, exc)
+    why = str(exc) if isinstance(exc, DatabaseTimeout) else type(exc).__name__
+    body: dict[str, str] = {"detail": f"PostgreSQL is unavailable ({why}); retry shortly"}
+    if request.method not in ("GET", "HEAD"):
+        # writes read PostgreSQL only before publishing; a failure after it answers 202
+        body = {"detail": body["detail"] + ". The event was not published", "published": "no"}
+    return JSONResponse(body, 503, RETRY_AFTER)
+
+
+async def publish_failed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PublishFailed)
+    log.warning("write failed, %s (maybe published: %s)", exc.what, exc.maybe_published)
+    keyed = bool(request.headers.get("idempotency-key"))
+    if not exc.maybe_published:
+        detail = f"{exc.what}. The event was not published; retry later"
+        if keyed:
+            detail += " (with the same Idempotency-Key, a retry cannot write twice)"
+        return JSONResponse({"detail": detail, "published": "no"}, 503, RETRY_AFTER)
+    detail = (f"{exc.what}. The event may have been published: Kafka may have received it "
+              "before the failure, and then it will be projected. Retry with the same "
+              "Idempotency-Key header: a retry then cannot record it twice")
+    if not keyed:
+        detail += (". This request had no Idempotency-Key, so a retry may record the event "
+                   "a second time (a start: a second session); send one with every write")
+    return JSONResponse({"detail": detail, "published": "unknown"}, 503, RETRY_AFTER)

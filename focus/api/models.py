@@ -119,6 +119,15 @@ class AcceptedOut(BaseModel):
     offset: int
 
 
+class WriteUnavailableOut(BaseModel):
+    """A write that could not be completed (``503``, with ``Retry-After``)."""
+
+    detail: str = Field(description="What failed, and what to do.")
+    published: Literal["no", "unknown"] | None = Field(
+        None, description="no: the event was not published; unknown: it may have been (Kafka "
+                          "did not acknowledge in time): retry with the same Idempotency-Key.")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     database: Literal["ok", "unavailable"]

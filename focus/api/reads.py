@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from psycopg import AsyncConnection
 
 from contracts.events import TimeZone, UserId
 from focus.api import models
@@ -69,8 +70,7 @@ async def list_sessions(
         after = Cursor.decode(cursor) if cursor is not None else None
     except ValueError as exc:
         raise invalid("query", "cursor", str(exc), cursor) from None
-    async with svc.pool.connection() as conn:
-        page = await svc.queries.sessions(conn, user_id, limit, after)
+    page = await svc.db.run(lambda conn: svc.queries.sessions(conn, user_id, limit, after))
     return json_response(models.SessionPageOut.model_construct(
         sessions=[models.session(s) for s in page.sessions],
         next_cursor=page.next_cursor.encode() if page.next_cursor else None,
@@ -89,8 +89,7 @@ async def get_session(session_id: UUID, request: Request) -> Response:
     to a `sessions:self` token, exactly as a missing one: an id's existence is not told."""
     caller, svc = authenticate(request), _services(request)
     require_any(caller, SELF, ANALYTICS)
-    async with svc.pool.connection() as conn:
-        found, fresh = await svc.queries.session(conn, session_id)
+    found, fresh = await svc.db.run(lambda conn: svc.queries.session(conn, session_id))
     if found is None or not caller.may_read(found.user_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no session {session_id} is projected")
     return json_response(models.session_out(found, fresh))
@@ -114,7 +113,8 @@ async def user_analytics(
     check_read(caller, user_id)
     plain = not (from_ or to or tz)
     ticket = svc.cache.ticket(user_id) if plain else None  # before the read: see AnalyticsCache
-    async with svc.pool.connection() as conn:
+
+    async def read(conn: AsyncConnection[Any]) -> models.AnalyticsOut:
         totals, fresh = await svc.queries.totals(conn, user_id)
         daily = None
         if not plain:
@@ -127,7 +127,9 @@ async def user_analytics(
                     raise invalid("query", "tz", "time zone unknown to the database", tz) from None
                 zone, days = "UTC", await svc.queries.days(conn, user_id, lo, hi, "UTC")
             daily = models.daily(zone, lo, hi, days)
-    out = models.analytics(user_id, totals, fresh, daily)
+        return models.analytics(user_id, totals, fresh, daily)
+
+    out = await svc.db.run(read)
     svc.cache.store(ticket, user_id, out)
     return json_response(out)
 
@@ -145,11 +147,14 @@ async def user_weekly(
     check_read(caller, user_id)
     hi = datetime.now(ZoneInfo("UTC")).date() + timedelta(days=7)  # zones east of UTC
     lo = hi - timedelta(weeks=weeks)
-    async with svc.pool.connection() as conn:
+
+    async def read(conn: AsyncConnection[Any]) -> models.WeeklyOut:
         found = await svc.queries.weeks(conn, user_id, lo, hi)
         _, fresh = await svc.queries.totals(conn, user_id)
-    return json_response(models.WeeklyOut(user_id=user_id, weeks=[models.week(w) for w in found],
-                                          freshness=models.freshness(fresh)))
+        return models.WeeklyOut(user_id=user_id, weeks=[models.week(w) for w in found],
+                                freshness=models.freshness(fresh))
+
+    return json_response(await svc.db.run(read))
 
 
 def _range(lo: date | None, hi: date | None, zone: str) -> tuple[date, date]:

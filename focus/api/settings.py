@@ -39,6 +39,10 @@ class ApiSettings(CommonSettings):
         5000, ge=100, le=120_000,
         description="How long a write may take to publish (acks=all) before answering 503.",
     )
+    focus_api_db_timeout_ms: int = Field(
+        2000, ge=100, le=60_000,
+        description="Longest one PostgreSQL use may take (pool wait plus statement) before 503.",
+    )
     focus_api_max_body_bytes: int = Field(
         65_536, ge=1024, le=16 * 1024 * 1024,
         description="Largest request body accepted; a larger one is refused with 413 unread.",

@@ -1,14 +1,21 @@
 """Write routes: start, interrupt and end a session by publishing events (never SQL writes).
 
 Each validates, publishes one event with ``acks=all``, then waits (``FOCUS_API_WAIT_MS``) until
-the projector has applied it and answers with the projected session; when the wait runs out it
-answers ``202`` with ``Location``. A write for an existing session needs its start projected
-first (``404`` otherwise): only the projection knows whose session it is, and to a
-``sessions:self`` token another user's session is ``404`` too, so an id's existence is not told.
+the projector has applied it and answers with the projected session; when the wait runs out, or
+PostgreSQL fails after the event was acknowledged, it answers ``202`` with ``Location`` (the
+event is in the log). A write for an existing session needs its start projected first (``404``
+otherwise): only the projection knows whose session it is, and to a ``sessions:self`` token
+another user's session is ``404`` too, so an id's existence is not told.
+
+Time bound (docs/api.md): a read of the session (``FOCUS_API_DB_TIMEOUT_MS``), the publish
+(``FOCUS_API_PUBLISH_TIMEOUT_MS``), then the wait plus one read (``FOCUS_API_WAIT_MS`` +
+``FOCUS_API_DB_TIMEOUT_MS``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -18,7 +25,7 @@ from fastapi import APIRouter, Header, HTTPException, Response, status
 from contracts.events import MAX_SESSION
 from focus.api import models
 from focus.api.auth import SELF, WRITE, Caller, Principal, forbid_unless, require_any
-from focus.api.deps import Services, Svc, json_response
+from focus.api.deps import DATABASE_ERRORS, Services, Svc, json_response
 from focus.api.reads import invalid
 from producers.http import (
     FocusSessionCreate,
@@ -33,6 +40,7 @@ from producers.http import (
 )
 from projections.queries import SessionRecord
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["write"])
 _LONGEST = f"{MAX_SESSION.total_seconds() / 3600:g} h"
 KeyHeader = Annotated[IdempotencyKey | None, Header(
@@ -41,7 +49,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": models.AcceptedOut, "description": "Published, not yet projected"},
     401: {"description": "Missing, invalid or expired token"},
     403: {"description": "Token lacks the scope, or the user is another one"},
-    503: {"description": "Kafka is unreachable; nothing was written"},
+    503: {"model": models.WriteUnavailableOut, "description":
+          "PostgreSQL failed before publishing (`published`: `no`), Kafka could not be reached "
+          "(`no`), or Kafka did not acknowledge the event in time (`unknown`: it may have been "
+          "published; retry with the same `Idempotency-Key`)"},
 }
 _SESSION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_RESPONSES,
@@ -69,12 +80,11 @@ async def start_session(body: FocusSessionCreate, caller: Caller, svc: Svc,
     event = start_event(body, _now(), svc.source, idempotency_key)
     sid = event.data.session_id
     if idempotency_key:
-        async with svc.pool.connection() as conn:
-            found, fresh = await svc.queries.session(conn, sid)
+        found, fresh = await svc.db.run(lambda conn: svc.queries.session(conn, sid))
         if found is not None:
             return json_response(models.session_out(found, fresh), 201,
                                  {"Location": f"/sessions/{sid}", "Idempotent-Replayed": "true"})
-    return await _settle(svc, sid, await svc.writer.publish(event), 201)
+    return await _settle(svc, sid, await svc.publish(event), 201)
 
 
 @router.put("/sessions/{session_id}", response_model=models.SessionOut,
@@ -102,7 +112,7 @@ async def end_session(session_id: UUID, body: FocusSessionUpdate, caller: Caller
     event = end_event(body, found.user_id, session_id, found.started_at,
                       found.duration_minutes, max(now, found.started_at), svc.source,
                       idempotency_key)
-    return await _settle(svc, session_id, await svc.writer.publish(event), 200)
+    return await _settle(svc, session_id, await svc.publish(event), 200)
 
 
 @router.post("/sessions/{session_id}/interruptions", status_code=201,
@@ -127,13 +137,12 @@ async def interrupt_session(session_id: UUID, body: InterruptionCreate, caller: 
     body = body.model_copy(update={"interrupted_at": at})
     event = interruption_event(body, found.user_id, session_id, now, svc.source,
                                idempotency_key)
-    return await _settle(svc, session_id, await svc.writer.publish(event), 201)
+    return await _settle(svc, session_id, await svc.publish(event), 201)
 
 
 async def _writable(svc: Services, caller: Principal, session_id: UUID) -> SessionRecord:
     require_any(caller, SELF, WRITE)
-    async with svc.pool.connection() as conn:
-        found, _ = await svc.queries.session(conn, session_id)
+    found, _ = await svc.db.run(lambda conn: svc.queries.session(conn, session_id))
     if found is None or not caller.may_write(found.user_id):
         # another user's session reads as a missing one: a user token learns nothing
         raise HTTPException(status.HTTP_404_NOT_FOUND,
@@ -161,14 +170,24 @@ def _within_longest(found: SessionRecord, name: str, given: datetime | None,
 async def _settle(svc: Services, sid: UUID, published: Published | None,
                   code: int) -> Response:
     location = {"Location": f"/sessions/{sid}"}
-    if published is None or await svc.projected(published):
-        async with svc.pool.connection() as conn:
-            found, fresh = await svc.queries.session(conn, sid)
-        if found is not None:
-            # read-your-writes: this process must not serve the user's analytics from
-            # before this write, even if the projector's notice is still on its way
-            svc.cache.forget(found.user_id)
-            return json_response(models.session_out(found, fresh), code, location)
+    # the wait plus one read: the last poll and the read share one database bound
+    deadline = time.monotonic() + svc.wait_seconds + svc.db.timeout
+    try:
+        if published is None or await svc.projected(published, deadline):
+            found, fresh = await svc.db.run(lambda conn: svc.queries.session(conn, sid),
+                                            deadline - time.monotonic())
+            if found is not None:
+                # read-your-writes: this process must not serve the user's analytics from
+                # before this write, even if the projector's notice is still on its way
+                svc.cache.forget(found.user_id)
+                return json_response(models.session_out(found, fresh), code, location)
+    except DATABASE_ERRORS as exc:
+        if published is None:
+            raise
+        # the event is in the log and will be projected: that is a 202, not a 503
+        log.warning("event published at partition %d offset %d; PostgreSQL failed while "
+                    "waiting for its projection (%s: %s)", published.partition,
+                    published.offset, type(exc).__name__, exc)
     if published is None:  # it was there a moment ago: only a rebuild in progress removes it
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no session {sid} is projected")
     return json_response(models.AcceptedOut(
