@@ -1,7 +1,9 @@
 """Property-based fuzzing of the whole OpenAPI document (schemathesis): no input gets a 5xx.
 
 The app runs under a real uvicorn in a thread, against the real broker and PostgreSQL, and is
-called with a token that may do everything, so generated requests reach the handlers.
+called with a token that may do everything, so generated requests reach the handlers. A real
+projector process projects what the writes publish: whatever the fuzzer gets accepted must not
+stop it (once, an accepted `ended_at` in 2100 did).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,21 +23,34 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from consumers.replay_follow import topic_log_ends
 from focus.api import create_app
 from focus.api.auth import ANALYTICS, WRITE
-from focus.embedded import free_port
+from focus.embedded import free_port, run_coroutine_sync
 from focus.migrate import migrate
 from tests.integration.api_harness import api_settings, token
-from tests.support.infra import create_database, create_topic_set, drop_database
+from tests.support.infra import TopicSet, create_database, create_topic_set, drop_database
+from tests.support.projection import ProjectorProcess, positions, settings_for
 
 ALL_SCOPES = token("fuzzer", ANALYTICS, WRITE)
 
 
+@dataclass
+class Stack:
+    url: str
+    database: str
+    topics: TopicSet
+    projector: ProjectorProcess
+
+
 @pytest.fixture(scope="module")
-def base_url(postgres_url: str, kafka_bootstrap: str) -> Iterator[str]:
+def stack(postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Stack]:
     url = create_database(postgres_url)
     migrate(url)
     topics = create_topic_set(kafka_bootstrap)
+    projector = ProjectorProcess(settings_for(kafka_bootstrap, url, topics),
+                                 tmp_path_factory.mktemp("fuzz"), "projector")
     app = create_app(api_settings(kafka_bootstrap, url, topics, focus_api_wait_ms=50))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -45,14 +61,17 @@ def base_url(postgres_url: str, kafka_bootstrap: str) -> Iterator[str]:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield Stack(f"http://127.0.0.1:{port}", url, topics, projector)
     finally:
         server.should_exit = True
         thread.join(10)
+        if projector.process.poll() is None:
+            projector.terminate()
         drop_database(postgres_url, url)
 
 
-def test_no_input_gets_a_server_error(base_url: str) -> None:
+def test_no_input_gets_a_server_error(stack: Stack, kafka_bootstrap: str) -> None:
+    base_url = stack.url
     # schemathesis.pytest.from_fixture does not support pytest 9 yet, so each operation's
     # strategy is driven by hypothesis directly (what from_fixture does under the hood).
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
@@ -78,3 +97,14 @@ def test_no_input_gets_a_server_error(base_url: str) -> None:
     assert seen[200], seen
     assert seen[422], seen
     assert seen[404], seen
+    # ... and what the writes published was projected or dead-lettered: the projector is
+    # still running and its positions reach the end of the log
+    ends = run_coroutine_sync(topic_log_ends(kafka_bootstrap, stack.topics.events))
+    assert sum(ends.values()) > 0, "no write was published"
+    deadline = time.monotonic() + 120
+    while not all((stored := positions(stack.database, stack.topics.events)).get(p, 0) >= end
+                  for p, end in ends.items()):
+        assert stack.projector.process.poll() is None, stack.projector.log()[-3000:]
+        assert time.monotonic() < deadline, f"projection stuck at {stored}, log ends {ends}"
+        time.sleep(0.2)
+    assert stack.projector.process.poll() is None, stack.projector.log()[-3000:]
