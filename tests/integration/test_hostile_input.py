@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4, uuid5
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from consumers.replay import Replayer
 from consumers.replay_follow import ReplayOptions
 from contracts import topics as t
-from contracts.events import CloudEvent
+from contracts.events import WIRE_TYPES, CloudEvent
+from contracts.schema import event_schema
 from focus.migrate import migrate
 from producers import events as ev
 from tests.support.projection import (
@@ -226,6 +227,8 @@ async def test_an_event_postgresql_refuses_is_isolated_recorded_and_skipped_by_r
 
 # -- generated hostile input --------------------------------------------------------------
 
+#: Event ids are derived from the user and a small number, so a user's records reuse a few.
+ID_SPACE = UUID("9b3f7c1e-0d2a-4c57-8e61-3a5b9d0f2c48")
 EDGE_TIMES = [
     "1969-12-31T23:59:59.999999Z", "1970-01-01T00:00:00Z", "1970-01-01T00:30:00+01:00",
     "2199-12-31T23:59:59.999999Z", "2200-01-01T00:00:00Z", "2199-12-31T23:00:00-14:00",
@@ -233,6 +236,8 @@ EDGE_TIMES = [
     "2026-03-02T09:00:00.123456789+05:30", "2026-03-02T09:10:00Z", "2026-03-03T09:00:01Z",
     "2026-03-02T09:00:00", "not a time", "",
 ]
+VALID_TIMES = ["1970-01-01T00:00:00Z", "2199-12-31T23:59:59.999999Z", "2026-03-02T09:00:00Z",
+               "2026-03-02T09:10:00+01:00", "2026-03-02T09:20:00.5Z", "2026-03-03T09:00:01Z"]
 TEXTS = st.one_of(
     st.text(max_size=40),
     st.sampled_from(["\u0000", "a\u0000b", "\ud800", "\udfff x", "é😀", "\u001b[31m", "x" * 501,
@@ -246,59 +251,102 @@ JSON = st.recursive(
                                                                  max_size=4),
     max_leaves=20,
 )
-USERS = st.sampled_from(["ann", "ben", "cat", "a/b", "", "u" * 300, "nul\u0000"])
+
+
+def edge_values(schema: dict[str, Any], sessions: list[str]) -> st.SearchStrategy[Any]:
+    """Values for one property of a published JSON Schema: mostly valid ones (at its bounds
+    too), sometimes one past a bound it states (lengths, ranges, patterns, formats,
+    constants) or hostile text."""
+    valid, invalid = valid_values(schema, sessions), invalid_values(schema, sessions)
+    return st.integers(0, 19).flatmap(lambda n: invalid if n == 0 else valid)
+
+
+def valid_values(schema: dict[str, Any], sessions: list[str]) -> st.SearchStrategy[Any]:
+    if "anyOf" in schema:
+        return st.one_of(*(valid_values(s, sessions) for s in schema["anyOf"]))
+    kind, fmt = schema.get("type"), schema.get("format")
+    if "const" in schema:
+        return st.just(schema["const"])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if kind == "null":
+        return st.none()
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "integer":
+        return st.integers(schema.get("minimum", 0), schema.get("maximum", 10_000))
+    if fmt == "uuid":
+        return st.sampled_from(sessions)
+    if fmt == "date-time":
+        return st.sampled_from(VALID_TIMES)
+    if schema.get("pattern", "").startswith("^[A-Za-z"):  # the user id
+        return st.sampled_from(["ann", "ben", "cat", "u" * schema["maxLength"]])
+    if schema.get("maxLength") == 64:  # the time zone
+        return st.sampled_from(["Europe/Paris", "UTC", "Asia/Kolkata"])
+    return st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+                   min_size=schema.get("minLength", 0),
+                   max_size=min(schema.get("maxLength", 40), 40))
+
+
+def invalid_values(schema: dict[str, Any], sessions: list[str]) -> st.SearchStrategy[Any]:
+    if "anyOf" in schema:
+        return st.one_of(*(invalid_values(s, sessions) for s in schema["anyOf"]
+                           if s.get("type") != "null"))
+    kind, fmt = schema.get("type"), schema.get("format")
+    if "const" in schema or "enum" in schema:
+        return st.sampled_from(["other", 1, None])
+    if kind == "boolean":
+        return st.sampled_from([0, "true", None])
+    if kind == "integer":
+        lo, hi = schema.get("minimum", -(2**63)), schema.get("maximum", 2**63)
+        return st.sampled_from([lo - 1, hi + 1, 2**31, 2**63, -(2**63) - 1, 10**30, 1e308, 0.5,
+                                str(lo), None])
+    if fmt == "uuid":
+        return st.sampled_from(["0" * 36, "not-a-uuid", "\u0000", 42])
+    if fmt == "date-time":
+        return st.sampled_from(EDGE_TIMES)
+    return st.one_of(TEXTS, st.just("z" * (schema.get("maxLength", 40) + 1)), st.just(None))
 
 
 @st.composite
-def hostile_event(draw: st.DrawFn, ids: dict[str, list[str]], sessions: list[str]
-                  ) -> tuple[bytes, bytes]:
-    """A CloudEvent-shaped record with some fields at or past the edges of the contract.
+def hostile_event(draw: st.DrawFn, sessions: list[str]) -> tuple[bytes, bytes]:
+    """An event drawn from one published JSON Schema (:func:`contracts.schema.event_schema`),
+    each property valid or at or past one of the bounds the schema states.
 
     Event ids are reused within a user's records only: a user's records share a partition,
     so which of two facts under one id came first is the log's order, the same live and on
     replay (two users' records under one id and session may be settled differently by a
     replay, which reads partitions in parallel: docs/replay.md)."""
-    kind = draw(st.sampled_from(["started", "interrupted", "ended", "ended.v1"]))
-    user = draw(st.one_of(st.sampled_from(["ann", "ben", "cat"]), USERS))
-    sid = draw(st.sampled_from(sessions))
-    at = draw(st.sampled_from(EDGE_TIMES))
-    data: dict[str, Any] = {"session_id": sid, "user_id": user}
-    if kind == "started":
-        data |= {"started_at": at, "duration_minutes": draw(NUMBERS),
-                 "time_zone": draw(st.sampled_from([None, "Europe/Paris", "Nowhere/X",
-                                                    "Europe/Paris\u0000"]))}
-    elif kind == "interrupted":
-        data |= {"interrupted_at": at, "reason": draw(st.one_of(st.none(), TEXTS))}
-    elif kind == "ended":
-        data |= {"ended_at": at, "outcome": draw(st.sampled_from(["completed", "abandoned",
-                                                                  "x"])),
-                 "reported_interruptions": draw(NUMBERS), "focus_quality": draw(NUMBERS)}
-    else:
-        data |= {"ended_at": at, "completed": draw(st.booleans()),
-                 "interruptions": draw(NUMBERS)}
+    wire = draw(st.sampled_from(sorted(WIRE_TYPES)))
+    envelope = event_schema(wire)
+    (data_schema,) = envelope["$defs"].values()
+    data: dict[str, Any] = {}
+    for name, prop in data_schema["properties"].items():
+        if name in data_schema["required"] or draw(st.booleans()):
+            data[name] = draw(edge_values(prop, sessions))
     if draw(st.integers(0, 9)) == 0:
-        data["extra"] = draw(JSON)
+        data["extra"] = draw(JSON)  # additionalProperties: false
     if draw(st.integers(0, 19)) == 0:
         data = {"deep": json.loads("[" * 300 + "]" * 300)}
-    mine = ids.setdefault(user, [])
-    if mine and draw(st.booleans()):
-        event_id = draw(st.sampled_from(mine))  # duplicate ids, same or other content
-    else:
-        event_id = str(uuid4())
-        mine.append(event_id)
-    wire = "focus.session.ended.v2" if kind == "ended" else (
-        "focus.session.ended.v1" if kind == "ended.v1" else f"focus.session.{kind}.v1")
-    body = {"specversion": "1.0", "id": event_id, "source": draw(TEXTS) or "s",
-            "type": wire, "time": draw(st.sampled_from(EDGE_TIMES)), "subject": sid,
-            "datacontenttype": "application/json", "data": data}
+    body: dict[str, Any] = {}
+    for name, prop in envelope["properties"].items():
+        if name != "data" and (name in envelope["required"] or draw(st.booleans())):
+            body[name] = draw(edge_values(prop, sessions))
+    body["type"] = wire if draw(st.integers(0, 9)) else body.get("type")
+    body["subject"] = data.get("session_id") if draw(st.integers(0, 9)) else body.get("subject")
+    user = data.get("user_id") if isinstance(data.get("user_id"), str) else "ann"
+    if draw(st.booleans()):  # one of the user's few ids: duplicates, same or other content
+        body["id"] = str(uuid5(ID_SPACE, f"{user!r}\n{draw(st.integers(0, 3))}"))
+    elif draw(st.integers(0, 9)):
+        body["id"] = str(draw(st.uuids()))
+    body["data"] = data
     key = user if draw(st.integers(0, 9)) else "other"  # "other": a key-mismatch
-    return key.encode("utf-8", "surrogatepass"), json.dumps(body).encode("utf-8", "surrogatepass")
+    return key.encode("utf-8", "surrogatepass"), json.dumps(body).encode()
 
 
-def records(ids: dict[str, list[str]], sessions: list[str]
-            ) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+def records(sessions: list[str]) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
     record = st.one_of(
-        hostile_event(ids, sessions),
+        hostile_event(sessions),
         st.tuples(st.binary(max_size=8), st.binary(max_size=300)),
         st.tuples(st.just(b"ann"), JSON.map(lambda v: json.dumps(v).encode())),
     )
@@ -313,14 +361,13 @@ async def test_generated_hostile_records_never_stop_the_projector_and_replay_agr
     # row of session_events, a dead letter, or a counted duplicate) and a replay of the whole
     # log equals the live tables.
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics, focus_batch_max_records=7)
-    ids: dict[str, list[str]] = {}
     sessions = [str(uuid4()) for _ in range(5)]
     published: list[tuple[int, int]] = []
     async with running_projector(s) as projector:
 
         @settings(max_examples=25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
-        @given(batch=records(ids, sessions))
+        @given(batch=records(sessions))
         def check(batch: list[tuple[bytes, bytes]]) -> None:
             marks = sentinels()
             sent = loop.run_until_complete(
@@ -343,6 +390,10 @@ async def test_generated_hostile_records_never_stop_the_projector_and_replay_agr
     origins = {(int(h[t.DLQ_ORIGINAL_PARTITION]), int(h[t.DLQ_ORIGINAL_OFFSET]))
                for h in (dict(r.headers) for r in letters)}
     assert len(set(published) - stored - origins) == duplicates
+    # the generated records reached both ends: rows (not only the sentinels') and letters
+    assert query(fresh_database, "SELECT count(*) > 0 FROM session_events"
+                 " WHERE user_id NOT LIKE 'sentinel-%'") == [(True,)]
+    assert len(origins) >= 25
     ends = {p: max(o for q, o in published if q == p) + 1 for p, _ in published}
     stored_positions = positions(fresh_database, fresh_topics.events)
     assert {p: stored_positions[p] for p in ends} == ends
