@@ -142,6 +142,11 @@ def verify(
     age = f", oldest {report.held_oldest_age}" if report.held else ""
     console.print(f"{report.sessions:,} sessions, {report.users:,} users; held events: "
                   f"{report.held:,}{age}")
+    if report.reused_ids:
+        console.print(f"[yellow]{report.reused_ids:,} event ids name events of more than one "
+                      "session (a producer reusing ids; each counts in its session)[/yellow]")
+        for example in report.reused_examples:
+            console.print(f"      {example}", markup=False)
     if not report.ok:
         raise typer.Exit(1)
 

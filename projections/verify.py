@@ -6,8 +6,9 @@
 - ``focus_user_weekly`` equals :func:`projections.weekly.rollup` of ``focus_sessions``;
 - positions are sane: none negative, no stored event at or past its partition's position, and,
   when the broker's log end offsets are given, no partition beyond the topic or past its end.
-Held events (waiting for their start) are reported with the age of the oldest; they are not
-a mismatch.
+Held events (waiting for their start) are reported with the age of the oldest, and event ids
+stored in more than one session (a producer reusing ids: the projector settles ids per session,
+so both count) with examples; neither is a mismatch.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class VerifyReport:
     users: int = 0
     held: int = 0
     held_oldest_age: timedelta | None = None
+    #: Event ids stored in more than one session, and a few of them with their sessions.
+    reused_ids: int = 0
+    reused_examples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -77,6 +81,14 @@ async def verify(
     held = await cur.fetchone()
     assert held is not None
     report.held, report.held_oldest_age = held
+    cur = await conn.execute(sql.SQL(
+        "SELECT event_id, array_agg(session_id ORDER BY session_id) FROM {}"
+        " GROUP BY event_id HAVING count(*) > 1 ORDER BY event_id"
+    ).format(sql.Identifier(schema, "session_events")))
+    reused = await cur.fetchall()
+    report.reused_ids = len(reused)
+    report.reused_examples = [f"event {eid} in sessions {', '.join(map(str, sids))}"
+                              for eid, sids in reused[:examples]]
     return report
 
 

@@ -23,6 +23,7 @@ from contracts.events import WIRE_TYPES, CloudEvent
 from contracts.schema import event_schema
 from focus.migrate import migrate
 from producers import events as ev
+from projections.verify import verify
 from tests.support.projection import (
     dead_letters,
     positions,
@@ -181,6 +182,12 @@ async def test_one_event_id_in_two_sessions_or_two_facts_is_settled_by_content(
     assert query(fresh_database, "SELECT session_id, interruptions FROM focus_sessions"
                  " ORDER BY started_at") == [(sid, 1), (two.data.session_id, 0)]
     assert query(fresh_database, "SELECT count(*) FROM session_events") == [(3,)]
+    # both sessions count; verify points the reused id out to the operator
+    async with await psycopg.AsyncConnection.connect(fresh_database) as conn:
+        report = await verify(conn, topic=fresh_topics.events)
+    assert report.ok and report.reused_ids == 1
+    assert report.reused_examples == [
+        f"event {shared} in sessions {', '.join(sorted(map(str, (sid, two.data.session_id))))}"]
 
 
 async def test_an_event_postgresql_refuses_is_isolated_recorded_and_skipped_by_replay(
