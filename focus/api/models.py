@@ -2,18 +2,25 @@
 
 Built from the read rows with ``model_construct`` (the database already holds validated data)
 and serialised by pydantic-core straight to bytes.
+
+Every fractional figure (minutes, rates, averages) goes through :func:`figure`: computed from
+the exact stored sums and rounded once, to 4 decimal places, half up — what PostgreSQL's
+``round(numeric, 4)`` gives over the same tables (docs/api.md, "Figures and rounding").
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from projections.queries import DayBucket, Freshness, SessionRecord, UserTotals, WeekBucket
+
+#: The rule of :func:`figure`, quoted in the Field descriptions (and in docs/api.md).
+ROUNDED = "Rounded once to 4 decimal places (half up) from the exact stored values."
 
 
 class PartitionPosition(BaseModel):
@@ -42,7 +49,8 @@ class FocusSession(BaseModel):
     duration_minutes: int = Field(description="Planned length in minutes.")
     completed: bool
     interruptions: int = Field(description="max(interruption events, count the timer reported)")
-    focus_minutes: float | None = Field(description="Actual elapsed minutes; null until ended.")
+    focus_minutes: float | None = Field(
+        description=f"Actual elapsed minutes; null until ended. {ROUNDED}")
     outcome: str | None = Field(description="completed, abandoned or cancelled; null if open.")
     focus_quality: int | None
     time_zone: str | None
@@ -63,7 +71,7 @@ class DayOut(BaseModel):
     sessions_started: int
     sessions_ended: int
     sessions_completed: int
-    focus_minutes: float
+    focus_minutes: float = Field(description=f"Sum over the day's ended sessions. {ROUNDED}")
     interruptions: int
 
 
@@ -81,11 +89,14 @@ class AnalyticsOut(BaseModel):
     sessions_started: int
     sessions_ended: int
     sessions_completed: int
-    completion_rate: float | None = Field(description="completed / ended; null if none ended.")
-    avg_duration_minutes: float | None = Field(description="focus minutes / ended sessions.")
-    total_focus_minutes: float
+    completion_rate: float | None = Field(
+        description=f"completed / ended; null if none ended. {ROUNDED}")
+    avg_duration_minutes: float | None = Field(
+        description=f"focus minutes / ended sessions; null if none ended. {ROUNDED}")
+    total_focus_minutes: float = Field(description=f"Sum over ended sessions. {ROUNDED}")
     interruptions_total: int
-    interruptions_per_session: float | None = Field(description="total / sessions started.")
+    interruptions_per_session: float | None = Field(
+        description=f"total / sessions started; null if none started. {ROUNDED}")
     last_session_at: datetime | None
     daily: DailyOut | None = None
     freshness: FreshnessOut
@@ -95,9 +106,11 @@ class WeekOut(BaseModel):
     week_start: date = Field(description="Monday of the week, in the user's time zone.")
     sessions_ended: int
     sessions_completed: int
-    focus_minutes: float
-    completion_rate: float | None = Field(description="completed / ended.")
-    avg_duration_minutes: float | None = Field(description="focus minutes / ended sessions.")
+    focus_minutes: float = Field(description=f"Sum over the week's ended sessions. {ROUNDED}")
+    completion_rate: float | None = Field(
+        description=f"completed / ended; null if none ended. {ROUNDED}")
+    avg_duration_minutes: float | None = Field(
+        description=f"focus minutes / ended sessions; null if none ended. {ROUNDED}")
 
 
 class WeeklyOut(BaseModel):
@@ -137,8 +150,20 @@ class HealthOut(BaseModel):
                     "to PostgreSQL; off: FOCUS_API_CACHE_ENTRIES=0.")
 
 
-def _minutes(seconds: Decimal) -> float:
-    return round(float(seconds) / 60, 4)
+_PLACES = Decimal("0.0001")
+
+
+def figure(numerator: Decimal | int, denominator: int = 1) -> float:
+    """``numerator / denominator``, rounded once to 4 decimal places, half up (:data:`ROUNDED`).
+
+    Decimal arithmetic on the stored ``NUMERIC`` sums, so a figure never depends on binary
+    floats or on another figure already rounded: the same sums give the same answer in every
+    route, and ``round(numerator / denominator, 4)`` in PostgreSQL gives it too."""
+    return float((Decimal(numerator) / denominator).quantize(_PLACES, ROUND_HALF_UP))
+
+
+def _minutes(seconds: Decimal | int, sessions: int = 1) -> float:
+    return figure(seconds, 60 * sessions)
 
 
 def freshness(f: Freshness) -> FreshnessOut:
@@ -172,10 +197,10 @@ def analytics(user_id: str, t: UserTotals, f: Freshness,
     return AnalyticsOut.model_construct(
         user_id=user_id, sessions_started=started, sessions_ended=ended,
         sessions_completed=t.sessions_completed,
-        completion_rate=round(t.sessions_completed / ended, 4) if ended else None,
-        avg_duration_minutes=_minutes(t.total_focus_seconds / ended) if ended else None,
+        completion_rate=figure(t.sessions_completed, ended) if ended else None,
+        avg_duration_minutes=_minutes(t.total_focus_seconds, ended) if ended else None,
         total_focus_minutes=total, interruptions_total=t.total_interruptions,
-        interruptions_per_session=round(t.total_interruptions / started, 4) if started else None,
+        interruptions_per_session=figure(t.total_interruptions, started) if started else None,
         last_session_at=t.last_session_at, daily=daily, freshness=freshness(f),
     )
 
@@ -185,8 +210,8 @@ def week(w: WeekBucket) -> WeekOut:
     return WeekOut(
         week_start=w.week_start, sessions_ended=ended, sessions_completed=w.sessions_completed,
         focus_minutes=_minutes(w.focus_seconds),
-        completion_rate=w.sessions_completed / ended if ended else None,
-        avg_duration_minutes=_minutes(w.focus_seconds) / ended if ended else None,
+        completion_rate=figure(w.sessions_completed, ended) if ended else None,
+        avg_duration_minutes=_minutes(w.focus_seconds, ended) if ended else None,
     )
 
 

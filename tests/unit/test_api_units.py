@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 import jwt
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from focus.api import models
 from focus.api.auth import ANALYTICS, SELF, WRITE, Principal, TokenVerifier, mint_token
 from focus.api.settings import DEV_JWT_SECRET, ApiSettings
 from producers.http import FocusSessionCreate, FocusSessionUpdate, end_event, start_event
-from projections.queries import Cursor, Freshness, Position, UserTotals
+from projections.fold import SessionRow
+from projections.queries import Cursor, DayBucket, Freshness, Position, UserTotals, WeekBucket
 
 GOOD = "s" * 48
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -123,3 +124,37 @@ def test_analytics_are_derived_from_the_rollup_sums() -> None:
     assert empty.completion_rate is None
     assert empty.avg_duration_minutes is None
     assert empty.interruptions_per_session is None
+
+
+def test_every_figure_is_rounded_once_to_four_places_half_up_from_the_exact_sums() -> None:
+    # 3 sessions started and ended, 2 completed, 100 s of focus in all, 4 interruptions
+    fresh = Freshness(None, [])
+    totals = models.analytics("ann", UserTotals(3, 3, 2, Decimal(100), 75, 4, T0), fresh)
+    week = models.week(WeekBucket(date(2025, 3, 3), 3, 2, Decimal(100)))
+    # the same sums give the same figures in every route
+    assert totals.completion_rate == week.completion_rate == 0.6667
+    assert totals.total_focus_minutes == week.focus_minutes == 1.6667
+    # 100 s / 3 sessions = 0.5555... min: from the exact sum, not 1.6667 / 3 = 0.55556...
+    assert totals.avg_duration_minutes == week.avg_duration_minutes == 0.5556
+    assert totals.interruptions_per_session == 1.3333
+    # exactly half of the last place goes up, as PostgreSQL's round(numeric, 4) does:
+    # 0.003 s = 0.00005 min; 0.009 s = 0.00015 min (half to even would give 0.0 and 0.0002)
+    assert models.figure(Decimal("0.003"), 60) == 0.0001
+    assert models.figure(Decimal("0.009"), 60) == 0.0002
+    assert models.figure(1, 8) == 0.125  # exact figures stay exact
+    day = models.daily("UTC", date(2025, 3, 1), date(2025, 3, 1),
+                       [DayBucket(date(2025, 3, 1), 1, 1, 0, Decimal("0.003"), 0)])
+    assert day.days[0].focus_minutes == 0.0001
+    row = SessionRow(UUID(int=1), "ann", None, T0, T0, 25, False, 0, T0, Decimal("0.003"),
+                     "abandoned", None, 0, None, None, UUID(int=2), UUID(int=3))
+    assert models.session(row).focus_minutes == 0.0001
+
+
+@pytest.mark.parametrize("model", [models.FocusSession, models.DayOut, models.AnalyticsOut,
+                                   models.WeekOut])
+def test_every_fractional_figure_documents_its_rounding(model: type[BaseModel]) -> None:
+    floats = {name: field for name, field in model.model_fields.items()
+              if field.annotation in (float, float | None)}
+    assert floats  # each of these models has at least one
+    for name, field in floats.items():
+        assert models.ROUNDED in (field.description or ""), name
