@@ -185,11 +185,14 @@ def test_a_contradiction_found_later_is_rebuilt_from_the_stored_event():
     assert fresh.value == b"raw" and ("focus.dlq.rebuilt", b"true") not in fresh.headers
 
 
-def test_backoff_grows_exponentially_with_jitter_up_to_a_cap():
+def test_backoff_grows_exponentially_with_equal_jitter_up_to_a_cap():
+    # equal jitter: retry n waits uniform(c/2, c), c = min(cap, base * 2**(n-1))
     backoff, rng = Backoff(base=0.1, cap=2.0), random.Random(7)
-    delays = [backoff.delay(n, rng) for n in range(1, 12)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert all(1.0 <= d <= 2.0 for d in delays[6:])
+    for attempt in range(1, 40):
+        ceiling = min(2.0, 0.1 * 2 ** (attempt - 1))
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), attempt
+        assert max(delays) - min(delays) > ceiling / 4  # jittered, not fixed
 
 
 def test_a_message_must_be_keyed_by_its_user():
