@@ -365,6 +365,7 @@ class Projector:
         acknowledged one to ``sent``. A letter the broker will never take (too large) is
         logged with its origin and counted, not retried; other failures raise (retry)."""
         pending = []
+        failure: BaseException | None = None
         for letter in letters:
             if letter.origin in sent:
                 continue
@@ -374,9 +375,11 @@ class Projector:
             except UNSENDABLE as exc:
                 self._lost(letter, exc, sent)
                 continue
+            except (KafkaError, OSError) as exc:  # no metadata or buffer space in time
+                failure = exc
+                break  # the letters sent so far are still awaited and remembered
             pending.append((letter, future))
         outcomes = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
-        failure: BaseException | None = None
         for (letter, _), outcome in zip(pending, outcomes, strict=True):
             if isinstance(outcome, UNSENDABLE):
                 self._lost(letter, outcome, sent)
@@ -418,6 +421,10 @@ class Projector:
                 log.warning("cannot read positions (%s); retry in %.1fs", exc, delay)
                 if await self._sleep_or_stop(delay):
                     return  # not seeking means not owning: nothing will be applied
+        # a rebalance may have revoked some of them while the positions were read (the
+        # listener runs meanwhile): keep only what the consumer still owns
+        owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic}
+        stored = {p: offset for p, offset in stored.items() if p in owned}
         self.expected.update(stored)
         self._rewind()
         log.info("assigned %s at %s", sorted(partitions), stored)

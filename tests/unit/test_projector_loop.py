@@ -194,11 +194,6 @@ async def test_letters_acknowledged_before_a_retry_are_not_sent_again() -> None:
     assert (projector.stats.retries, projector.stats.dead_letters) == (1, 3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Projector._publish raises as soon as producer.send() itself raises (aiokafka does when "
-    "metadata or buffer space is not there in time), before gathering the futures of the "
-    "letters already sent in that call: those get acknowledged but are not added to `sent`, "
-    "and the batch's retry sends them again."))
 async def test_letters_sent_before_a_send_raises_are_not_sent_again() -> None:
     rig = Rig()
     rig.broker.publish(TOPIC, [(b"ada", b"{%d" % n) for n in range(3)], partition=0)
@@ -423,12 +418,6 @@ async def test_stop_during_a_retry_gives_up_the_batch_for_a_later_run() -> None:
 # -- found by these fakes -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Projector.on_assigned does `self.expected.update(stored)` for the partitions it was "
-    "asked about when it started; called after a fence with every owned partition, it puts "
-    "back a partition a rebalance revoked while it was reading the positions (the listener "
-    "runs meanwhile). The consumer no longer fetches it and compare-and-set keeps the data "
-    "right, but `expected` and `stats.partitions` claim a partition another member owns."))
 async def test_a_partition_revoked_while_a_fence_rereads_positions_stays_revoked() -> None:
     rig = Rig()
     rig.broker.publish(TOPIC, pomodoro("ada"), partition=0)
@@ -444,7 +433,6 @@ async def test_a_partition_revoked_while_a_fence_rereads_positions_stays_revoked
         await group.rebalance()  # and takes partition 1
         reading.release()
         await rig.caught_up()
-
-    assert rig.consumer(projector).assignment() == {TopicPartition(TOPIC, 0),
-                                                   TopicPartition(TOPIC, 2)}
-    assert set(projector.expected) == projector.stats.partitions == {0, 2}
+        assert rig.consumer(projector).assignment() == {TopicPartition(TOPIC, 0),
+                                                       TopicPartition(TOPIC, 2)}
+        assert set(projector.expected) == projector.stats.partitions == {0, 2}
