@@ -127,10 +127,21 @@ def _diff(
         assert new.row is not None  # a session never loses its start
         (out.new_rows if old.row is None else out.changed_rows).append(new.row)
         user = new.row.user_id
-        if user not in out.deltas:
-            out.deltas[user] = UserDelta()
-        out.deltas[user].add(old.row, new.row)
+        if old.row is not None and old.row.user_id != user:
+            # an earlier start by another user won the session: it leaves one user's rollup
+            # and joins the other's
+            _user_delta(out, old.row.user_id).remove(old.row)
+            _user_delta(out, user).add(None, new.row)
+        else:
+            _user_delta(out, user).add(old.row, new.row)
         add_weeks(out.weekly, week_delta(old.row, new.row))
+
+
+def _user_delta(out: Plan, user: str) -> UserDelta:
+    found = out.deltas.get(user)
+    if found is None:
+        found = out.deltas[user] = UserDelta()
+    return found
 
 
 _NOTHING = Derived(None, {}, {})

@@ -271,6 +271,11 @@ async def apply_user_deltas(cur: Any, schema: str, deltas: Mapping[str, UserDelt
             " GREATEST(focus_user_stats.last_session_at, EXCLUDED.last_session_at)"
         ).format(target=table, cols=cols, sums=sums)
     )
+    gone = [u for u in users if deltas[u].sessions_started < 0]
+    if gone:  # a user whose last session moved to another user has no rollup, as on replay
+        await cur.execute(
+            sql.SQL("DELETE FROM {} WHERE user_id = ANY(%s) AND sessions_started = 0").format(
+                table), (gone,))
     recompute = [u for u in users if deltas[u].recompute_last]
     if recompute:
         await cur.execute(

@@ -42,6 +42,12 @@ class UserDelta:
         if self.last_session_at is None or new.started_at > self.last_session_at:
             self.last_session_at = new.started_at
 
+    def remove(self, row: SessionRow) -> None:
+        """Account for a session that left this user (an earlier start by another user won
+        it): its contribution goes, and ``last_session_at`` must be recomputed."""
+        self._count(row, -1)
+        self.recompute_last = True
+
     def _count(self, row: SessionRow, sign: int) -> None:
         self.sessions_started += sign
         if row.ended_at is not None:

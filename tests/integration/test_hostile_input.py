@@ -190,6 +190,28 @@ async def test_one_event_id_in_two_sessions_or_two_facts_is_settled_by_content(
         f"event {shared} in sessions {', '.join(sorted(map(str, (sid, two.data.session_id))))}"]
 
 
+async def test_a_session_an_earlier_start_of_another_user_wins_moves_between_rollups(
+    kafka_bootstrap, fresh_database, fresh_topics
+):
+    # found by the property test below: the rollup delta was booked to the new owner only
+    s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
+    bens = ev.started("ben", minutes(10))
+    sid = bens.data.session_id
+    async with running_projector(s):
+        sent = await publish(kafka_bootstrap, s.focus_events_topic,
+                             [bens, ev.ended("ben", sid, minutes(35))])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+        sent += await publish(kafka_bootstrap, s.focus_events_topic,
+                              [ev.started("cat", T0, session_id=sid)])
+        await wait_caught_up(fresh_database, fresh_topics, sent)
+    assert query(fresh_database, "SELECT user_id FROM focus_sessions WHERE session_id = %s",
+                 sid) == [("cat",)]
+    assert rollup_mismatches(fresh_database) == []
+    # ben's end now contradicts cat's start; ben has no session left, so no rollup (as replay)
+    assert query(fresh_database, "SELECT user_id, sessions_started, sessions_ended FROM"
+                 " focus_user_stats ORDER BY user_id") == [("cat", 1, 0)]
+
+
 async def test_an_event_postgresql_refuses_is_isolated_recorded_and_skipped_by_replay(
     kafka_bootstrap, fresh_database, fresh_topics
 ):

@@ -724,11 +724,16 @@ class MemoryRepository:
                 added = (*(a + b for a, b in zip(old[:6], added[:6], strict=True)),
                          _greatest(old[6], added[6]))
             txn.put(store.totals, user, added)
+        for user in [u for u, d in plan.deltas.items() if d.sessions_started < 0]:
+            total = txn.get(store.totals, user)
+            if total is not None and total[0] == 0:  # its last session went to another user
+                txn.delete(store.totals, user)
         for user in [u for u, d in plan.deltas.items() if d.recompute_last]:
+            total = txn.get(store.totals, user)
+            if total is None:
+                continue
             starts = [r.started_at for r in txn.rows(store.sessions).values()
                       if r.user_id == user]
-            total = txn.get(store.totals, user)
-            assert total is not None
             txn.put(store.totals, user, (*total[:6], max(starts, default=None)))
 
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from projections.batch import Located, Plan, plan
 from projections.fold import History, SessionRow, Status
-from tests.unit.histories import pomodoro
+from producers import events as ev
+from tests.unit.histories import minutes, pomodoro
 
 
 class Store:
@@ -67,7 +68,8 @@ def recompute(rows: list[SessionRow]) -> dict:
 
 def as_plain(rollups) -> dict:
     """Rollups as plain dicts; a zero sum and a missing one mean the same."""
-    return {u: {k: v for k, v in r.items() if v} for u, r in rollups.items()}
+    plain = {u: {k: v for k, v in r.items() if v} for u, r in rollups.items()}
+    return {u: r for u, r in plain.items() if r}  # a user with nothing left has no rollup
 
 
 def test_calculate_analytics_rollups_equal_a_recomputation_from_the_rows():
@@ -144,6 +146,20 @@ def test_any_order_any_duplicates_any_batching_gives_identical_rows_and_rollups(
     assert store.status == reference.status
     assert as_plain(store.rollups) == as_plain(reference.rollups)
     assert as_plain(store.rollups) == as_plain(recompute(list(store.rows.values())))
+
+
+def test_a_session_won_by_another_users_earlier_start_moves_between_their_rollups():
+    # ben's start arrives first; cat's earlier start for the same session wins it later
+    bens = pomodoro("ben", end_at=25)
+    sid = bens[0].data.session_id
+    cats = ev.started("cat", minutes(-10), session_id=sid)
+    store = Store()
+    store.project(bens)
+    moved = store.project([cats])
+    assert moved.deltas["ben"].sessions_started == -1 and moved.deltas["ben"].recompute_last
+    assert moved.deltas["cat"].sessions_started == 1
+    assert as_plain(store.rollups) == as_plain(recompute(list(store.rows.values())))
+    assert store.rows[sid].user_id == "cat"
 
 
 def test_histories_returned_by_a_plan_include_every_touched_session():
