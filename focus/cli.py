@@ -3,16 +3,72 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import typer
+import typer.main
+from typer.core import TyperGroup
 
 from focus.settings import ProjectorSettings, from_environment
 
+# The areas' commands, by the module whose ``register(app)`` adds them. A command imports only
+# its own area: `focus project` loads no FastAPI, uvicorn or API code (tests/unit/test_cli.py).
+AREAS = {
+    "api": "focus.cli_api", "token": "focus.cli_api",
+    "emit": "focus.cli_produce", "simulate": "focus.cli_produce", "schema": "focus.cli_produce",
+    "replay": "focus.cli_replay", "verify": "focus.cli_replay",
+}
+# A click command as typer builds it (recent typer vendors its own click, older ones use click)
+Command = Any
+
+
+class _AreaCommands(MutableMapping[str, Command]):
+    """The commands by name; an area's module is imported when one of its commands is looked
+    up (``focus --help`` looks up all of them)."""
+
+    def __init__(self, commands: MutableMapping[str, Command]) -> None:
+        self._loaded = dict(commands)
+        self._order = [*commands, *(name for name in AREAS if name not in commands)]
+
+    def _load(self, module: str) -> None:
+        area = typer.Typer()
+        importlib.import_module(module).register(area)
+        self._loaded.update(typer.main.get_group(area).commands)
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self._loaded and name in AREAS:
+            self._load(AREAS[name])
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        if name not in self._order:
+            self._order.append(name)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._order.remove(name)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._order))
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class _FocusGroup(TyperGroup):
+    def __init__(self, *, commands: MutableMapping[str, Command], **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _AreaCommands(commands)
+
+
 app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  cls=_FocusGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
 @app.command()
@@ -97,17 +153,6 @@ def dev(
 
     logging.basicConfig(level=logging.WARNING)
     run(from_environment(CommonSettings), api_port)
-
-
-def _register_areas() -> None:
-    from focus import cli_api, cli_produce, cli_replay
-
-    cli_api.register(app)
-    cli_produce.register(app)
-    cli_replay.register(app)
-
-
-_register_areas()
 
 
 def main() -> None:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import typer
+import typer.main
 from typer.testing import CliRunner, Result
 
 from focus.api.auth import ANALYTICS, SCOPES, SELF, WRITE, TokenVerifier
 from focus.api.settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH
-from focus.cli import app
+from focus.cli import AREAS, app
 from focus.servers import ServersNotConfigured
 
 
@@ -195,3 +201,69 @@ def test_migrate_without_a_database_or_dev_stack_says_what_to_set(tmp_path: Path
     assert "DATABASE_URL" in message
     assert str(tmp_path) in message
     assert "`focus dev`" in message
+
+
+# --- each command imports only what it uses ---------------------------------------------------
+
+API_STACK = ("fastapi", "uvicorn", "starlette", "focus.api")
+
+# Runs `focus <command> --help`, then imports what the command's body imports when it runs, and
+# prints the modules loaded: a fresh interpreter, since this one has imported everything.
+LOADED_BY = """
+import json, sys
+command, body = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+sys.argv = ["focus", *command, "--help"]
+from focus.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+for module in body:
+    __import__(module)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_by(command: list[str], body: tuple[str, ...] = ()) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", LOADED_BY, json.dumps(command),
+                           json.dumps(body)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def api_stack(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in API_STACK or m.startswith(API_STACK))
+
+
+@pytest.mark.parametrize(("command", "body"), [
+    (["project"], ("focus.bootstrap", "focus.workers", "focus.topics", "focus.servers")),
+    (["migrate"], ("focus.migrate", "focus.servers")),
+    (["verify"], ()),
+    (["replay"], ()),
+], ids=["project", "migrate", "verify", "replay"])
+def test_commands_that_serve_no_http_never_import_the_api_stack(
+    command: list[str], body: tuple[str, ...],
+) -> None:
+    assert api_stack(loaded_by(command, body)) == []
+
+
+def test_the_api_command_still_loads_its_area() -> None:
+    # the check above can see the API stack when it is there
+    assert {"fastapi", "focus.api"} <= set(api_stack(loaded_by(["api"])))
+
+
+def test_help_lists_every_command_with_its_summary() -> None:
+    result = focus("--help")
+    assert result.exit_code == 0, result.output
+    for name in ["migrate", "project", "dev", *AREAS]:
+        assert f" {name} " in result.stdout, name
+    assert "Serve the HTTP API (uvicorn)" in result.stdout  # the api area's own docstring
+    assert "Rebuild the read models from the log" in result.stdout
+
+
+def test_each_area_registers_exactly_the_commands_the_cli_loads_it_for() -> None:
+    for module in set(AREAS.values()):
+        area = typer.Typer()
+        importlib.import_module(module).register(area)
+        registered = set(typer.main.get_group(area).commands)
+        assert registered == {name for name, home in AREAS.items() if home == module}, module
