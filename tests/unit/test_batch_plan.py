@@ -8,9 +8,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from producers import events as ev
 from projections.batch import Located, Plan, plan
 from projections.fold import History, SessionRow, Status
-from producers import events as ev
 from tests.unit.histories import minutes, pomodoro
 
 
