@@ -87,7 +87,7 @@ def project(
     processes: int | None = typer.Option(
         None, "--processes", min=1, max=64, show_default=False,
         help="Projector worker processes on this machine, one per core "
-             "[env FOCUS_PROJECTOR_PROCESSES; default 1: no supervisor]."),
+             "(env FOCUS_PROJECTOR_PROCESSES; default 1: no supervisor)."),
 ) -> None:
     """Run a projector (several may run: they share the topic's partitions).
 
