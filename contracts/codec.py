@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -28,6 +30,8 @@ class PoisonEvent(ValueError):
         self.detail = detail
 
 
+T = TypeVar("T")
+
 _WireEvent = Annotated[
     StartedEvent | InterruptedEvent | EndedEventV1 | EndedEvent,
     Field(discriminator="type"),
@@ -37,24 +41,44 @@ _wire = TypeAdapter(_WireEvent)
 _validate_json = _wire.validator.validate_json
 
 
+class EndedV1Fields(Protocol):
+    """The data of a v1 end, as either decoder holds it (a contract model or its mirror)."""
+
+    @property
+    def session_id(self) -> UUID: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def ended_at(self) -> datetime: ...
+    @property
+    def completed(self) -> bool: ...
+    @property
+    def interruptions(self) -> int | None: ...
+
+
+def upcast_ended_data(v1: EndedV1Fields, build: Callable[..., T]) -> T:
+    """The one upcaster of ``ended`` data, v1 -> v2: ``completed`` becomes ``outcome``
+    (completed or abandoned), ``interruptions`` is renamed ``reported_interruptions``, and there
+    is no ``focus_quality`` rating. The envelope is kept as it is.
+
+    ``build`` makes the v2 data from its fields by keyword: :func:`upcast` passes the contract's
+    ``SessionEndedV2.model_construct``, :mod:`projections.wire` its mirror's struct. (A callback
+    taking keywords, not a dict of fields: a dict unpacked into the msgspec struct cost the fast
+    decoder ~0.3 µs more per v1 end, ~6 % of decoding one.) ``build=dict`` shows the mapping;
+    ``tests/unit/test_one_contract.py`` fails when v2 gains a field this does not fill.
+    """
+    return build(session_id=v1.session_id, user_id=v1.user_id, ended_at=v1.ended_at,
+                 outcome="completed" if v1.completed else "abandoned",
+                 reported_interruptions=v1.interruptions, focus_quality=None)
+
+
 def upcast(event: CloudEvent) -> Event:
     """Bring any known version of an event to the newest shape of its type."""
     if isinstance(event, EndedEventV1):
-        v1 = event.data
         # Both sides are already validated: construct without re-validating (hot path).
         return EndedEvent.model_construct(
-            id=event.id,
-            source=event.source,
-            time=event.time,
-            subject=event.subject,
-            data=SessionEndedV2.model_construct(
-                session_id=v1.session_id,
-                user_id=v1.user_id,
-                ended_at=v1.ended_at,
-                outcome="completed" if v1.completed else "abandoned",
-                reported_interruptions=v1.interruptions,
-                focus_quality=None,
-            ),
+            id=event.id, source=event.source, time=event.time, subject=event.subject,
+            data=upcast_ended_data(event.data, SessionEndedV2.model_construct),
         )
     assert isinstance(event, StartedEvent | InterruptedEvent | EndedEvent)
     return event

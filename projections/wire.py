@@ -33,7 +33,7 @@ from uuid import UUID
 import msgspec
 from msgspec.structs import force_setattr
 
-from contracts.codec import check_message
+from contracts.codec import check_message, upcast_ended_data
 from contracts.codec import decode_message as contract_decode
 from contracts.codec import encode as contract_encode
 from contracts.events import (
@@ -214,13 +214,9 @@ def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
     if event.subject != session[0] or (key is not None and key != data.user_id.encode()):
         check_message(key, event.subject, sid, data.user_id)  # raises, saying which
     _share(event, data, session, user)
-    if type(event) is _EndedV1:
-        v1 = event.data
+    if type(event) is _EndedV1:  # the contract's upcaster, onto the mirror's v2
         return Ended(id=event.id, source=event.source, time=event.time, subject=event.subject,
-                     data=EndedData(session_id=v1.session_id, user_id=v1.user_id,
-                                    ended_at=v1.ended_at,
-                                    outcome="completed" if v1.completed else "abandoned",
-                                    reported_interruptions=v1.interruptions))
+                     data=upcast_ended_data(event.data, EndedData))
     return cast(WireEvent, event)
 
 
