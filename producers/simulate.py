@@ -8,7 +8,9 @@ goes round by round (every user's first session, then every user's second, ...),
 forward roughly together across users while each user's own events stay in order.
 
 Values are byte-for-byte what :func:`contracts.codec.encode` writes for the same event; they are
-formatted directly (not through pydantic) because this feeds million-event benchmarks.
+formatted directly (not through pydantic) because this feeds million-event benchmarks; every
+field of each type is written, and ``tests/unit/test_one_contract.py`` fails when the contract
+gains one that is not.
 """
 
 from __future__ import annotations

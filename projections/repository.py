@@ -299,7 +299,10 @@ def session_record(row: SessionRow) -> tuple[Any, ...]:
 
 
 def event_record(event: AnyEvent, status: str, partition: int, offset: int) -> tuple[Any, ...]:
-    """One ``session_events`` row: the event reduced to the fields the fold needs.
+    """One ``session_events`` row: every field of the event's newest version (the envelope's
+    constants and its subject are rebuilt, not stored), so that :func:`event_from_record`
+    rebuilds it whole; ``tests/unit/test_one_contract.py`` fails when the contract gains a field
+    that is not stored here (docs/producing.md, "Evolving event types").
 
     Each row is written out whole (no shared prefix unpacked into it): a replay makes one per
     event of the log, and building it in one go takes half the time."""
