@@ -28,6 +28,7 @@ from aiokafka.errors import (
 
 from consumers.backoff import Backoff
 from consumers.dlq import MAX_ORIGINAL_BYTES, DeadLetter, contradiction_letter, dead_letter
+from contracts import topics
 from contracts.codec import PoisonEvent
 from projections.batch import Located, plan, session_ids
 from projections.repository import Advance, Fenced, ProjectionRepository, Unstorable
@@ -394,9 +395,9 @@ class Projector:
               ) -> None:
         headers = dict(letter.headers)
         log.error("dead letter not sent (%s: %s): reason %s, origin %s[%s]@%s, %d bytes",
-                  type(exc).__name__, exc, headers.get("focus.dlq.reason", b"?").decode(),
-                  self.topic, headers.get("focus.dlq.original-partition", b"?").decode(),
-                  headers.get("focus.dlq.original-offset", b"?").decode(),
+                  type(exc).__name__, exc, headers.get(topics.DLQ_REASON, b"?").decode(),
+                  self.topic, headers.get(topics.DLQ_ORIGINAL_PARTITION, b"?").decode(),
+                  headers.get(topics.DLQ_ORIGINAL_OFFSET, b"?").decode(),
                   len(letter.value))
         self.stats.letters_lost += 1
         sent.add(letter.origin)

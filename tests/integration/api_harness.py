@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -137,3 +138,17 @@ async def module_infra(postgres_url: str, kafka: str) -> AsyncIterator[tuple[str
         yield url, topics
     finally:
         await asyncio.to_thread(drop_database, postgres_url, url)
+
+
+@contextlib.asynccontextmanager
+async def seeded_api(postgres_url: str, kafka: str, *, wait_ms: int,
+                     **sessions: dict[str, Any]) -> AsyncIterator[Api]:
+    """The API over a module's own database and topics (no projector), with alice's sessions
+    written directly: each keyword becomes an attribute of the :class:`Api` holding the id of
+    ``seed_session(url, "alice", **its_options)``."""
+    async with module_infra(postgres_url, kafka) as (url, topics):
+        settings = api_settings(kafka, url, topics, focus_api_wait_ms=wait_ms)
+        async with running_api(settings) as api:
+            for name, options in sessions.items():
+                setattr(api, name, seed_session(url, "alice", **options))
+            yield api

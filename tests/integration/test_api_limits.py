@@ -23,10 +23,7 @@ from tests.integration.api_harness import (
     SECRET,
     SERVICE,
     Api,
-    api_settings,
-    module_infra,
-    running_api,
-    seed_session,
+    seeded_api,
 )
 from tests.support.infra import create_database, create_topic_set, drop_database
 
@@ -38,11 +35,8 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 async def api(postgres_url: str, kafka_bootstrap: str) -> AsyncIterator[Api]:
-    async with module_infra(postgres_url, kafka_bootstrap) as (url, topics):
-        settings = api_settings(kafka_bootstrap, url, topics, focus_api_wait_ms=50)
-        async with running_api(settings) as a:
-            a.open_session = seed_session(url, "alice")  # type: ignore[attr-defined]
-            yield a
+    async with seeded_api(postgres_url, kafka_bootstrap, wait_ms=50, open_session={}) as a:
+        yield a
 
 
 def _stream(total: int) -> Iterator[bytes]:

@@ -14,21 +14,16 @@ import pytest
 from tests.integration.api_harness import (
     SERVICE,
     Api,
-    api_settings,
-    module_infra,
-    running_api,
     seed_session,
+    seeded_api,
 )
 
 
 @pytest.fixture(scope="module")
 async def api(postgres_url: str, kafka_bootstrap: str) -> AsyncIterator[Api]:
-    async with module_infra(postgres_url, kafka_bootstrap) as (url, topics):
-        settings = api_settings(kafka_bootstrap, url, topics, focus_api_wait_ms=50)
-        async with running_api(settings) as a:
-            a.open_session = seed_session(url, "alice")  # type: ignore[attr-defined]
-            a.old_session = seed_session(url, "alice", minutes_ago=25 * 60)  # type: ignore[attr-defined]
-            yield a
+    async with seeded_api(postgres_url, kafka_bootstrap, wait_ms=50, open_session={},
+                          old_session={"minutes_ago": 25 * 60}) as a:
+        yield a
 
 
 def _only_error(r: httpx.Response) -> dict[str, Any]:

@@ -12,21 +12,15 @@ from tests.integration.api_harness import (
     ANALYST,
     SERVICE,
     Api,
-    api_settings,
-    module_infra,
-    running_api,
-    seed_session,
+    seeded_api,
 )
 
 
 @pytest.fixture(scope="module")
 async def api(postgres_url: str, kafka_bootstrap: str) -> AsyncIterator[Api]:
-    async with module_infra(postgres_url, kafka_bootstrap) as (url, topics):
-        settings = api_settings(kafka_bootstrap, url, topics, focus_api_wait_ms=100)
-        async with running_api(settings) as a:
-            a.open_session = seed_session(url, "alice")  # type: ignore[attr-defined]
-            a.ended_session = seed_session(url, "alice", ended=True)  # type: ignore[attr-defined]
-            yield a
+    async with seeded_api(postgres_url, kafka_bootstrap, wait_ms=100, open_session={},
+                          ended_session={"ended": True}) as a:
+        yield a
 
 
 def _names(response: Any) -> list[tuple[str, ...]]:

@@ -41,8 +41,6 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 
-from contracts.codec import encode
-from contracts.events import CloudEvent
 from projections.batch import Plan
 from projections.fold import History, SessionRow, extend
 from projections.repository import (
@@ -56,9 +54,9 @@ from projections.repository import (
 )
 from projections.weekly import WeekDelta, WeekKey
 from projections.wire import AnyEvent
+from tests.support.projection import Message, as_record
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-Message: TypeAlias = CloudEvent | tuple[bytes | None, bytes | None]
 
 # -- Kafka ---------------------------------------------------------------------------------
 
@@ -106,11 +104,7 @@ class FakeBroker:
         """Append events (keyed by user, as producers must) or raw ``(key, value)`` pairs."""
         placed = []
         for message in messages:
-            if isinstance(message, CloudEvent):
-                key: bytes | None = message.data.user_id.encode()  # type: ignore[attr-defined]
-                value: bytes | None = encode(message)
-            else:
-                key, value = message
+            key, value = as_record(message)
             placed.append(self.append(topic, value, key=key, partition=partition))
         return placed
 

@@ -44,6 +44,13 @@ def settings_for(
     return ProjectorSettings(**values)
 
 
+def as_record(message: Message) -> tuple[bytes | None, bytes | None]:
+    """``(key, value)`` of an event (keyed by user, as producers must) or of a raw pair."""
+    if isinstance(message, CloudEvent):
+        return message.data.user_id.encode(), encode(message)  # type: ignore[attr-defined]
+    return message
+
+
 async def publish(bootstrap: str, topic: str, messages: Iterable[Message]) -> list[tuple[int, int]]:
     """Publish events (keyed by user) or raw ``(key, value)`` pairs, in order; return
     ``(partition, offset)`` of each."""
@@ -52,11 +59,7 @@ async def publish(bootstrap: str, topic: str, messages: Iterable[Message]) -> li
     try:
         futures = []
         for message in messages:
-            if isinstance(message, CloudEvent):
-                key: bytes | None = message.data.user_id.encode()  # type: ignore[attr-defined]
-                value: bytes | None = encode(message)
-            else:
-                key, value = message
+            key, value = as_record(message)
             futures.append(await kafka.send(topic, value, key=key))
         metadata = await asyncio.gather(*futures)
         return [(m.partition, m.offset) for m in metadata]
