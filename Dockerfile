@@ -14,7 +14,7 @@ COPY projections/ projections/
 COPY consumers/ consumers/
 COPY producers/ producers/
 COPY migrations/ migrations/
-COPY focus/ focus/
+COPY focus_sessions/ focus_sessions/
 RUN pip install . \
     && useradd --create-home --uid 10001 focus
 

@@ -44,15 +44,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import python_speed  # noqa: E402
-from focus.api import ApiSettings, create_app, mint_token  # noqa: E402
-from focus.api import models as m  # noqa: E402
-from focus.api.auth import ANALYTICS, SECURED, authenticate  # noqa: E402
-from focus.api.deps import json_response  # noqa: E402
-from focus.api.reads import UserPath, check_read  # noqa: E402
-from focus.embedded import EmbeddedPostgres, free_port  # noqa: E402
-from focus.migrate import migrate  # noqa: E402
-from projections import notify  # noqa: E402
-from projections.queries import UserTotals  # noqa: E402
+from focus_sessions.api import ApiSettings, create_app, mint_token  # noqa: E402
+from focus_sessions.api import models as m  # noqa: E402
+from focus_sessions.api.auth import ANALYTICS, SECURED, authenticate  # noqa: E402
+from focus_sessions.api.deps import json_response  # noqa: E402
+from focus_sessions.api.reads import UserPath, check_read  # noqa: E402
+from focus_sessions.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from focus_sessions.migrate import migrate  # noqa: E402
+from focus_sessions.projections import notify  # noqa: E402
+from focus_sessions.projections.queries import UserTotals  # noqa: E402
 
 SECRET = "bench-secret-" + "b" * 40
 TOPIC = "focus.session.events"

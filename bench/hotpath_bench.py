@@ -30,20 +30,20 @@ from psycopg._copy_base import BinaryFormatter  # noqa: E402  (what Copy.write_r
 from psycopg.adapt import Transformer  # noqa: E402
 from psycopg.pq import Format  # noqa: E402
 
-from consumers.projector import Projector  # noqa: E402
-from contracts.codec import decode_message as contract_decode  # noqa: E402
-from focus.bootstrap import GC_THRESHOLDS  # noqa: E402
-from focus.settings import ProjectorSettings  # noqa: E402
-from producers.bulk import partition_for  # noqa: E402
-from producers.simulate import generate  # noqa: E402
-from projections.batch import plan  # noqa: E402
-from projections.repository import (  # noqa: E402
+from focus_sessions.bootstrap import GC_THRESHOLDS  # noqa: E402
+from focus_sessions.consumers.projector import Projector  # noqa: E402
+from focus_sessions.contracts.codec import decode_message as contract_decode  # noqa: E402
+from focus_sessions.producers.bulk import partition_for  # noqa: E402
+from focus_sessions.producers.simulate import generate  # noqa: E402
+from focus_sessions.projections.batch import plan  # noqa: E402
+from focus_sessions.projections.repository import (  # noqa: E402
     SESSION_EVENT_TYPES,
     SESSION_TYPES,
     event_record,
     session_record,
 )
-from projections.wire import decode_message  # noqa: E402
+from focus_sessions.projections.wire import decode_message  # noqa: E402
+from focus_sessions.settings import ProjectorSettings  # noqa: E402
 
 PARTITIONS = 6
 

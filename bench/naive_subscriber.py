@@ -1,7 +1,8 @@
 """The baseline of ``bench/projector_bench.py``: a naive FastStream subscriber.
 
 What a first version of the projector would look like: FastStream 0.7 hands over one message at
-a time, the event is validated with pydantic (:func:`contracts.codec.decode`) and applied in its
+a time, the event is validated with pydantic (:func:`focus_sessions.contracts.codec.decode`) and
+applied in its
 own PostgreSQL transaction with straightforward SQL (insert or update the ``focus_sessions`` row,
 add to ``focus_user_stats``). No dedupe table, no held events, no stored positions: it has fewer
 guarantees than the projector, and it only has to be right for an in-order stream without
@@ -22,8 +23,8 @@ import psycopg
 from faststream.kafka import KafkaBroker
 from faststream.message import StreamMessage
 
-from contracts.codec import decode
-from contracts.events import EndedEvent, Event, StartedEvent
+from focus_sessions.contracts.codec import decode
+from focus_sessions.contracts.events import EndedEvent, Event, StartedEvent
 
 INSERT_SESSION = """
 INSERT INTO focus_sessions (session_id, user_id, step_id, started_at, duration_minutes,

@@ -5,10 +5,11 @@ FastStream subscriber.
     python bench/projector_bench.py --events 200000 --naive-events 10000 --profile
     python bench/projector_bench.py --events 60000 --naive-events 1000 --processes 2
 
-Publishes a realistic stream (``producers.simulate``, about four events per session) to a fresh
+Publishes a realistic stream (``focus_sessions.producers.simulate``, about four events per session)
+to a fresh
 6-partition topic *before* anything is measured, then on that same topic:
 
-1. the real projector (``focus.bootstrap.build_projector`` run by ``run_projector``, as
+1. the real projector (``focus_sessions.bootstrap.build_projector`` run by ``run_projector``, as
    ``focus project`` does; new consumer group, fresh migrated database), measured from its
    first committed batch until every partition's stored position (``projector_positions``)
    reaches the end the broker acknowledged on publish. Group join (tansu waits ~3 s per
@@ -63,14 +64,14 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
-from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
-from focus.migrate import migrate  # noqa: E402
-from focus.settings import ProjectorSettings  # noqa: E402
-from focus.topics import ensure_topics  # noqa: E402
-from producers.bulk import publish_pairs  # noqa: E402
-from producers.simulate import generate  # noqa: E402
-from projections.verify_sql import rollup_check  # noqa: E402
+from focus_sessions.bootstrap import build_projector, producer, run_projector  # noqa: E402
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from focus_sessions.migrate import migrate  # noqa: E402
+from focus_sessions.producers.bulk import publish_pairs  # noqa: E402
+from focus_sessions.producers.simulate import generate  # noqa: E402
+from focus_sessions.projections.verify_sql import rollup_check  # noqa: E402
+from focus_sessions.settings import ProjectorSettings  # noqa: E402
+from focus_sessions.topics import ensure_topics  # noqa: E402
 
 TARGET_RATE = 75_000  # events/s (issue 2, "Performance")
 TARGET_RATIO = 60  # times the naive subscriber
@@ -398,7 +399,8 @@ async def measure_processes(
         with log_path.open("ab") as log:
             started = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "focus.cli", "project", "--processes", str(processes),
+                sys.executable, "-m", "focus_sessions.cli", "project",
+                "--processes", str(processes),
                 env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT)
         try:
             first_at, first_events = await wait_positions(

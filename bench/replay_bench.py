@@ -7,7 +7,8 @@
 Publishes ``--events`` events (~4 per session: start, two interruptions, end; half the ends
 v1, half v2) to a fresh topic, replays them into empty shadow tables of a fresh database
 (``focus_bench_<hex>``) and prints events/s of the bulk phase and of the whole replay (diff and
-swap included); then runs the live projector (``focus.bootstrap.build_projector``) over the same
+swap included); then runs the live projector (``focus_sessions.bootstrap.build_projector``) over
+the same
 topic into a second fresh database and prints its events/s next to it. Servers come from
 ``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL); without them,
 an embedded broker and PostgreSQL are started for the run.
@@ -41,15 +42,15 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
-from consumers.replay import Replayer  # noqa: E402
-from consumers.replay_follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
-from contracts.codec import encode  # noqa: E402
-from focus.bootstrap import build_projector, producer, run_projector  # noqa: E402
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
-from focus.migrate import migrate  # noqa: E402
-from focus.settings import ProjectorSettings  # noqa: E402
-from focus.topics import ensure_topics  # noqa: E402
-from producers import events as ev  # noqa: E402
+from focus_sessions.bootstrap import build_projector, producer, run_projector  # noqa: E402
+from focus_sessions.consumers.replay import Replayer  # noqa: E402
+from focus_sessions.consumers.replay_follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
+from focus_sessions.contracts.codec import encode  # noqa: E402
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
+from focus_sessions.migrate import migrate  # noqa: E402
+from focus_sessions.producers import events as ev  # noqa: E402
+from focus_sessions.settings import ProjectorSettings  # noqa: E402
+from focus_sessions.topics import ensure_topics  # noqa: E402
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", None)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from contracts import topics
-from projections.batch import Contradiction
-from projections.wire import encode
+from focus_sessions.contracts import topics
+from focus_sessions.projections.batch import Contradiction
+from focus_sessions.projections.wire import encode
 
 #: Default of ``FOCUS_DLQ_MAX_ORIGINAL_BYTES``: half of Kafka's default message size limit
 #: (``max.message.bytes`` 1 MiB), leaving room for the headers.

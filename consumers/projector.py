@@ -1,6 +1,7 @@
 """The projector: Kafka in, batches folded, one PostgreSQL transaction per batch.
 
-Poll -> decode -> pure fold (:mod:`projections.batch`) -> dead letters -> one write with the
+Poll -> decode -> pure fold (:mod:`focus_sessions.projections.batch`) -> dead letters -> one write
+with the
 positions (compare-and-set) -> commit. Positions live in PostgreSQL, so a restart, crash or
 rebalance resumes exactly where the last committed transaction ended (guarantee 1). Kafka's own
 committed offsets are written after the transaction, for lag tooling only.
@@ -26,13 +27,18 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from consumers.backoff import Backoff
-from consumers.dlq import MAX_ORIGINAL_BYTES, DeadLetter, contradiction_letter, dead_letter
-from contracts import topics
-from contracts.codec import PoisonEvent
-from projections.batch import Located, plan, session_ids
-from projections.repository import Advance, Fenced, ProjectionRepository, Unstorable
-from projections.wire import decode_message
+from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.consumers.dlq import (
+    MAX_ORIGINAL_BYTES,
+    DeadLetter,
+    contradiction_letter,
+    dead_letter,
+)
+from focus_sessions.contracts import topics
+from focus_sessions.contracts.codec import PoisonEvent
+from focus_sessions.projections.batch import Located, plan, session_ids
+from focus_sessions.projections.repository import Advance, Fenced, ProjectionRepository, Unstorable
+from focus_sessions.projections.wire import decode_message
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,10 @@
 1. **Bulk**: worker processes read every partition from offset 0 to the end offsets captured at
    start (``--users``: to the live positions) into a fresh shadow schema (:mod:`.replay_pool`).
 2. **Catch-up**: the shadow follows the live positions with the live projector's own code path
-   (:func:`projections.batch.plan` + :class:`ProjectionRepository` on the shadow schema).
+   (:func:`focus_sessions.projections.batch.plan` + :class:`ProjectionRepository` on the shadow
+   schema).
 3. **Diff**: in one REPEATABLE READ snapshot, the shadow is brought to exactly the live
-   positions and compared table by table (:mod:`projections.replay_diff`).
+   positions and compared table by table (:mod:`focus_sessions.projections.replay_diff`).
 4. **Swap**: one transaction locks the live tables, catches the shadow up to the live positions,
    and moves the shadow tables in (``--users``: replaces only those users' rows). Positions move
    with the tables: the live projector continues from the shadow's positions, or is fenced by its
@@ -25,20 +26,21 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from consumers.replay_bulk import BulkSpec
-from consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
-from consumers.replay_pool import deal, run_pool, warm_up
-from projections import notify, replay_sql
-from projections.replay import build, fold
-from projections.replay_diff import ReplayDiff, diff
-from projections.repository import event_record, session_record
+from focus_sessions.consumers.replay_bulk import BulkSpec
+from focus_sessions.consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
+from focus_sessions.consumers.replay_pool import deal, run_pool, warm_up
+from focus_sessions.projections import notify, replay_sql
+from focus_sessions.projections.replay import build, fold
+from focus_sessions.projections.replay_diff import ReplayDiff, diff
+from focus_sessions.projections.repository import event_record, session_record
 
 #: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
 REPLAY_LOCK = 0x5265706C  # "Repl"
 
 
-#: ``migrate(url, schema)``: creates every read-model table in a schema (focus.migrate.migrate,
-#: passed in by the composition root: consumers do not import the CLI package).
+#: ``migrate(url, schema)``: creates every read-model table in a schema
+#: (focus_sessions.migrate.migrate, passed in by the composition root: consumers do not import
+#: the CLI package).
 Migrate = Callable[[str, str], object]
 
 

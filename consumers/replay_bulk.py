@@ -2,7 +2,8 @@
 
 Decoding and folding (~10 µs an event, ~4 of it decoding) dominate, so each worker process owns
 a share of the partitions: it reads them with manual assignment up to the end offsets captured
-when the replay started, folds everything in memory (:class:`projections.replay.ShadowState`)
+when the replay started, folds everything in memory
+(:class:`focus_sessions.projections.replay.ShadowState`)
 and bulk loads its sessions and its users' rollups with binary COPY. Sessions whose events sit on
 partitions of *different* workers (only possible when events of one session name different
 users, or after partitions were added) are handed back to the coordinator, which folds them
@@ -25,10 +26,10 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.codec import PoisonEvent
-from projections.replay import Placed, Rollups, ShadowState, build
-from projections.replay_sql import copy_statement
-from projections.repository import (
+from focus_sessions.contracts.codec import PoisonEvent
+from focus_sessions.projections.replay import Placed, Rollups, ShadowState, build
+from focus_sessions.projections.replay_sql import copy_statement
+from focus_sessions.projections.repository import (
     SESSION_COLUMNS,
     SESSION_EVENT_COLUMNS,
     SESSION_EVENT_TYPES,
@@ -38,8 +39,8 @@ from projections.repository import (
     event_record,
     session_record,
 )
-from projections.weekly_store import WEEKLY_COLUMNS, WEEKLY_TABLE, WEEKLY_TYPES
-from projections.wire import decode_message
+from focus_sessions.projections.weekly_store import WEEKLY_COLUMNS, WEEKLY_TABLE, WEEKLY_TYPES
+from focus_sessions.projections.wire import decode_message
 
 PROGRESS_EVERY = 0.2  # seconds between progress messages to the coordinator
 

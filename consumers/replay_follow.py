@@ -1,7 +1,8 @@
 """The replay's own reader: log end offsets, and catch-up of the shadow with the live code path.
 
 After the bulk phase the shadow is no longer empty, so it follows the log exactly as the live
-projector does — :func:`projections.batch.plan` over histories read back from the shadow, one
+projector does — :func:`focus_sessions.projections.batch.plan` over histories read back from the
+shadow, one
 :meth:`ProjectionRepository.write` per batch with compare-and-set positions — only into the
 shadow schema, and without publishing dead letters (the live projector already did).
 """
@@ -18,10 +19,10 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection
 
-from contracts.codec import PoisonEvent
-from projections import replay_sql
-from projections.batch import Located, plan, session_ids
-from projections.repository import (
+from focus_sessions.contracts.codec import PoisonEvent
+from focus_sessions.projections import replay_sql
+from focus_sessions.projections.batch import Located, plan, session_ids
+from focus_sessions.projections.repository import (
     SESSION_COLUMNS,
     SESSION_EVENT_COLUMNS,
     SESSION_EVENT_TYPES,
@@ -29,7 +30,7 @@ from projections.repository import (
     Advance,
     ProjectionRepository,
 )
-from projections.wire import decode_message
+from focus_sessions.projections.wire import decode_message
 
 
 def default_workers() -> int:

@@ -27,8 +27,8 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from types import ModuleType
 from typing import Any
 
-from consumers.replay_bulk import BulkResult, BulkSpec, run_worker
-from projections.replay import Placed, Rollups
+from focus_sessions.consumers.replay_bulk import BulkResult, BulkSpec, run_worker
+from focus_sessions.projections.replay import Placed, Rollups
 
 OnProgress = Callable[[Mapping[int, int]], None]
 #: What a worker reports having read: its session ids (16 bytes each, concatenated) and the
@@ -54,12 +54,12 @@ def _context() -> SpawnContext | ForkServerContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["consumers.replay_bulk", *main_imports()])
+    ctx.set_forkserver_preload(["focus_sessions.consumers.replay_bulk", *main_imports()])
     return ctx
 
 
 def main_imports() -> list[str]:
-    """The loaded modules the main script took names from (``from focus.cli import main``).
+    """The loaded modules the main script took names from (``from focus_sessions.cli import main``).
 
     Every worker runs the main script again before its target, as a spawned child does, and a
     ``"__main__"`` preload does not spare that: CPython 3.11's fork server drops the script's

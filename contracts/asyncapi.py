@@ -1,6 +1,7 @@
 """The AsyncAPI 3.0 document for the events topic and its dead-letter topic.
 
-Built from the same pydantic models as the JSON Schemas (:mod:`contracts.schema`), one message per
+Built from the same pydantic models as the JSON Schemas (:mod:`focus_sessions.contracts.schema`),
+one message per
 wire type, so the two can never disagree. Written by hand rather than by FastStream: FastStream
 documents one union payload per channel and no headers, while the dead-letter channel's value is
 its headers.
@@ -12,9 +13,9 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from contracts import events as ev
-from contracts import topics
-from contracts.schema import ContractJsonSchema, annotate, example_event
+from focus_sessions.contracts import events as ev
+from focus_sessions.contracts import topics
+from focus_sessions.contracts.schema import ContractJsonSchema, annotate, example_event
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING = "0.5.0"

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from contracts.events import (
+from focus_sessions.contracts.events import (
     WIRE_TYPES,
     CloudEvent,
     EndedEvent,
@@ -62,7 +62,8 @@ def upcast_ended_data(v1: EndedV1Fields, build: Callable[..., T]) -> T:
     is no ``focus_quality`` rating. The envelope is kept as it is.
 
     ``build`` makes the v2 data from its fields by keyword: :func:`upcast` passes the contract's
-    ``SessionEndedV2.model_construct``, :mod:`projections.wire` its mirror's struct. (A callback
+    ``SessionEndedV2.model_construct``, :mod:`focus_sessions.projections.wire` its mirror's struct.
+    (A callback
     taking keywords, not a dict of fields: a dict unpacked into the msgspec struct cost the fast
     decoder ~0.3 µs more per v1 end, ~6 % of decoding one.) ``build=dict`` shows the mapping;
     ``tests/unit/test_one_contract.py`` fails when v2 gains a field this does not fill.
@@ -93,7 +94,8 @@ def decode_message(key: bytes | None, value: bytes | None) -> Event:
     """Decode one Kafka message: the value as :func:`decode`, and the key (when present) must
     be the event's ``user_id`` — per-user order depends on it.
 
-    The authority on what is valid: the projection's faster decoder (:mod:`projections.wire`)
+    The authority on what is valid: the projection's faster decoder
+    (:mod:`focus_sessions.projections.wire`)
     answers as this does, and falls back to it for whatever it refuses.
     """
     if not value:

@@ -1,9 +1,10 @@
 """Focus-session events: immutable facts, in a CloudEvents 1.0 envelope (structured JSON mode).
 
 Other services code against the ``type`` names and ``data`` fields defined here; the JSON Schemas
-exported by :mod:`contracts.schema` are generated from these classes, so this module *is* the
+exported by :mod:`focus_sessions.contracts.schema` are generated from these classes, so this module
+*is* the
 contract. Types are versioned in their name: additive changes keep the version, breaking changes
-get a new version plus an upcaster (:func:`contracts.codec.upcast`).
+get a new version plus an upcaster (:func:`focus_sessions.contracts.codec.upcast`).
 """
 
 from __future__ import annotations

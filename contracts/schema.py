@@ -1,11 +1,12 @@
-"""The published contract: a JSON Schema per event type, generated from :mod:`contracts.events`.
+"""The published contract: a JSON Schema per event type, generated from
+:mod:`focus_sessions.contracts.events`.
 
 A service in any language validates what it sends against these schemas (JSON Schema 2020-12).
 They are stricter than the decoder where that helps producers: ``specversion`` and ``type`` are
 required, UUIDs and RFC 3339 times carry a ``pattern`` as well as a ``format`` (many validators
 do not assert formats). Two rules a schema cannot state are written in its description:
 ``subject`` equals ``data.session_id``, and the Kafka key is ``data.user_id``.
-The AsyncAPI document for the topics is built in :mod:`contracts.asyncapi`.
+The AsyncAPI document for the topics is built in :mod:`focus_sessions.contracts.asyncapi`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from contracts import events as ev
+from focus_sessions.contracts import events as ev
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

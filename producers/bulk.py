@@ -3,7 +3,8 @@
 Per-message ``send()`` costs a future and a coroutine per event; here records go straight into
 one batch per partition, and a full batch is handed to aiokafka, which keeps one batch in flight
 per partition (natural back-pressure). Keys are hashed with the same murmur2 partitioner as
-:class:`~producers.publisher.Publisher` and the Java client, so a user's events land on the same
+:class:`~focus_sessions.producers.publisher.Publisher` and the Java client, so a user's events land
+on the same
 partition whichever path sent them, and stay in order there.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
-from contracts.events import (
+from focus_sessions.contracts.events import (
     DEFAULT_PLANNED_MINUTES,
     EndedEvent,
     EndedEventV1,

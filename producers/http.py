@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from contracts.codec import encode
-from contracts.events import (
+from focus_sessions.contracts.codec import encode
+from focus_sessions.contracts.events import (
     DEFAULT_PLANNED_MINUTES,
     MAX_PLANNED_MINUTES,
     MIN_PLANNED_MINUTES,
@@ -35,7 +35,7 @@ from contracts.events import (
     TimeZone,
     UserId,
 )
-from producers import events
+from focus_sessions.producers import events
 
 log = logging.getLogger(__name__)
 

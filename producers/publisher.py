@@ -30,10 +30,10 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from contracts.codec import encode
-from contracts.events import DEFAULT_PLANNED_MINUTES, WIRE_TYPES, CloudEvent
-from contracts.topics import EVENTS_TOPIC
-from producers import events as build
+from focus_sessions.contracts.codec import encode
+from focus_sessions.contracts.events import DEFAULT_PLANNED_MINUTES, WIRE_TYPES, CloudEvent
+from focus_sessions.contracts.topics import EVENTS_TOPIC
+from focus_sessions.producers import events as build
 
 
 class PublisherError(RuntimeError):

@@ -7,7 +7,8 @@ abandoning sessions; their sessions follow each other through local working days
 goes round by round (every user's first session, then every user's second, ...), so time moves
 forward roughly together across users while each user's own events stay in order.
 
-Values are byte-for-byte what :func:`contracts.codec.encode` writes for the same event; they are
+Values are byte-for-byte what :func:`focus_sessions.contracts.codec.encode` writes for the same
+event; they are
 formatted directly (not through pydantic) because this feeds million-event benchmarks; every
 field of each type is written, and ``tests/unit/test_one_contract.py`` fails when the contract
 gains one that is not.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from contracts.events import ENDED_V1, ENDED_V2, INTERRUPTED_V1, STARTED_V1
+from focus_sessions.contracts.events import ENDED_V1, ENDED_V2, INTERRUPTED_V1, STARTED_V1
 
 SOURCE = "urn:focus-sessions:simulator"
 #: (IANA zone, share of users)

@@ -1,4 +1,5 @@
-"""A blocking wrapper around :class:`~producers.publisher.Publisher` for code without asyncio.
+"""A blocking wrapper around :class:`~focus_sessions.producers.publisher.Publisher` for code
+without asyncio.
 
     with SyncPublisher("kafka:9092", source="urn:my-timer") as publisher:
         receipt = publisher.start_session("user-42")
@@ -17,8 +18,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from uuid import UUID
 
-from contracts.events import DEFAULT_PLANNED_MINUTES, CloudEvent
-from producers.publisher import Publisher, Receipt
+from focus_sessions.contracts.events import DEFAULT_PLANNED_MINUTES, CloudEvent
+from focus_sessions.producers.publisher import Publisher, Receipt
 
 _T = TypeVar("_T")
 

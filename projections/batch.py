@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
-from projections.fold import Derived, EventKey, History, SessionRow, Status, conflict, derive
-from projections.rollups import UserDelta
-from projections.weekly import WeekDelta, WeekKey
-from projections.weekly import accumulate as add_weeks
-from projections.weekly import delta as week_delta
-from projections.wire import AnyEvent
+from focus_sessions.projections.fold import (
+    Derived,
+    EventKey,
+    History,
+    SessionRow,
+    Status,
+    conflict,
+    derive,
+)
+from focus_sessions.projections.rollups import UserDelta
+from focus_sessions.projections.weekly import WeekDelta, WeekKey
+from focus_sessions.projections.weekly import accumulate as add_weeks
+from focus_sessions.projections.weekly import delta as week_delta
+from focus_sessions.projections.wire import AnyEvent
 
 
 class Located(NamedTuple):

@@ -16,8 +16,8 @@ from enum import StrEnum
 from typing import NamedTuple, cast
 from uuid import UUID
 
-from contracts.events import MAX_SESSION, EndedEvent, InterruptedEvent, StartedEvent
-from projections.wire import KINDS, AnyEvent, Ended, Interrupted, Started, kind_of
+from focus_sessions.contracts.events import MAX_SESSION, EndedEvent, InterruptedEvent, StartedEvent
+from focus_sessions.projections.wire import KINDS, AnyEvent, Ended, Interrupted, Started, kind_of
 
 _MICROS = Decimal(1_000_000)
 _LONGEST = f"{MAX_SESSION.total_seconds() / 3600:g} h"

@@ -10,7 +10,8 @@ delivers it exactly when (and only if) the write commits, in commit order:
   partitions): a flush (:func:`flush_notice`), after which a reader drops everything it cached
   and reads the positions again.
 
-The API's analytics cache (``focus.api.cache``) is the reader. A notice names its schema, so
+The API's analytics cache (``focus_sessions.api.cache``) is the reader. A notice names its schema,
+so
 writes into a replay's shadow tables never disturb the live readers.
 """
 

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
-from projections.fold import SessionRow
+from focus_sessions.projections.fold import SessionRow
 
 SESSION_FIELDS = (
     "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",

@@ -2,9 +2,11 @@
 
 The live projector reads each touched session's history back from PostgreSQL per batch; a replay
 into *empty* tables never needs to, so it keeps histories in memory and derives every row once at
-the end, with :func:`projections.fold.derive` — the same function the live projector uses, so
+the end, with :func:`focus_sessions.projections.fold.derive` — the same function the live projector
+uses, so
 replay and live agree by construction (guarantee 5). Per-user and weekly rollups are sums of
-per-session contributions (:mod:`projections.rollups`, :mod:`projections.weekly`). Pure.
+per-session contributions (:mod:`focus_sessions.projections.rollups`,
+:mod:`focus_sessions.projections.weekly`). Pure.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from projections import weekly
-from projections.fold import EventKey, History, SessionRow, conflict, derive
-from projections.rollups import UserDelta
-from projections.wire import AnyEvent
+from focus_sessions.projections import weekly
+from focus_sessions.projections.fold import EventKey, History, SessionRow, conflict, derive
+from focus_sessions.projections.rollups import UserDelta
+from focus_sessions.projections.wire import AnyEvent
 
 #: ``(event, partition, offset)``: an accepted event and where the log first held it.
 Placed = tuple[AnyEvent, int, int]
@@ -109,7 +111,8 @@ class ShadowState:
 
     def add(self, event: AnyEvent, partition: int, offset: int) -> bool:
         """Remember one event; ``False`` for an event id the session already has: a duplicate,
-        or a conflict (another fact under a known id: :func:`projections.fold.conflict`)."""
+        or a conflict (another fact under a known id:
+        :func:`focus_sessions.projections.fold.conflict`)."""
         sid = event.data.session_id.int
         session = self.sessions.get(sid)
         if session is None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-from projections.replay import Rollups
-from projections.repository import apply_user_deltas
-from projections.weekly_store import apply_weekly
+from focus_sessions.projections.replay import Rollups
+from focus_sessions.projections.repository import apply_user_deltas
+from focus_sessions.projections.weekly_store import apply_weekly
 
 #: The read models, in the order the live projector first touches them (lock order).
 READ_MODELS = (

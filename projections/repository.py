@@ -16,7 +16,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
-from contracts.events import (
+from focus_sessions.contracts.events import (
     EndedEvent,
     Event,
     InterruptedEvent,
@@ -25,13 +25,13 @@ from contracts.events import (
     SessionStartedV1,
     StartedEvent,
 )
-from projections import notify
-from projections.batch import Plan
-from projections.fold import History, SessionRow, extend
-from projections.rollups import UserDelta
-from projections.staging import stage
-from projections.weekly_store import apply_weekly
-from projections.wire import (
+from focus_sessions.projections import notify
+from focus_sessions.projections.batch import Plan
+from focus_sessions.projections.fold import History, SessionRow, extend
+from focus_sessions.projections.rollups import UserDelta
+from focus_sessions.projections.staging import stage
+from focus_sessions.projections.weekly_store import apply_weekly
+from focus_sessions.projections.wire import (
     KINDS,
     AnyEvent,
     EndedData,

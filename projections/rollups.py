@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from projections.fold import SessionRow
+from focus_sessions.projections.fold import SessionRow
 
 _ZERO = Decimal(0)
 

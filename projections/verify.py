@@ -2,8 +2,9 @@
 
 - every ``focus_user_stats`` row equals its recomputation from ``focus_sessions`` (guarantee 3);
 - every ``focus_sessions`` row, and every stored event status, equals
-  :func:`projections.fold.derive` of the session's stored events;
-- ``focus_user_weekly`` equals :func:`projections.weekly.rollup` of ``focus_sessions``;
+  :func:`focus_sessions.projections.fold.derive` of the session's stored events;
+- ``focus_user_weekly`` equals :func:`focus_sessions.projections.weekly.rollup` of
+``focus_sessions``;
 - positions are sane: none negative, no stored event at or past its partition's position, and,
   when the broker's log end offsets are given, no partition beyond the topic or past its end.
 Held events (waiting for their start) are reported with the age of the oldest, and event ids
@@ -21,10 +22,10 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
-from projections import weekly
-from projections.fold import History, SessionRow, derive
-from projections.repository import ProjectionRepository
-from projections.verify_sql import rollup_check, table_exists
+from focus_sessions.projections import weekly
+from focus_sessions.projections.fold import History, SessionRow, derive
+from focus_sessions.projections.repository import ProjectionRepository
+from focus_sessions.projections.verify_sql import rollup_check, table_exists
 
 CHUNK = 2000
 

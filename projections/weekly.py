@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import cast
 from zoneinfo import ZoneInfo
 
-from projections.fold import SessionRow
+from focus_sessions.projections.fold import SessionRow
 
 _ZERO = Decimal(0)
 

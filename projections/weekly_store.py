@@ -1,7 +1,8 @@
 """SQL write of weekly deltas into ``focus_user_weekly`` (inside the caller's transaction).
 
 The live projector calls :func:`apply_weekly` from ``ProjectionRepository.write`` with the deltas
-that :func:`projections.weekly.delta` planned; the replay calls it during its catch-up.
+that :func:`focus_sessions.projections.weekly.delta` planned; the replay calls it during its
+catch-up.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 from psycopg import sql
 
-from projections.staging import stage
-from projections.weekly import WeekDelta, WeekKey
+from focus_sessions.projections.staging import stage
+from focus_sessions.projections.weekly import WeekDelta, WeekKey
 
 WEEKLY_TABLE = "focus_user_weekly"
 WEEKLY_COLUMNS = ("user_id", "week_start", "sessions_ended", "sessions_completed", "focus_seconds")
@@ -21,7 +22,8 @@ WEEKLY_TYPES = ("varchar", "date", "int8", "int8", "numeric")
 
 async def apply_weekly(cur: Any, schema: str, deltas: Mapping[WeekKey, WeekDelta]) -> None:
     """Add ``deltas`` to the weekly rows of ``schema``; delete weeks left with no ended session.
-    The deltas are staged by binary COPY (:mod:`projections.staging`), as the totals are."""
+    The deltas are staged by binary COPY (:mod:`focus_sessions.projections.staging`), as the totals
+    are."""
     if not deltas:
         return
     table = sql.Identifier(schema, WEEKLY_TABLE)

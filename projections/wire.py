@@ -1,23 +1,24 @@
 """The projection's decoder: the contract's events, decoded at a little over half the cost.
 
-:mod:`contracts.codec` (pydantic) is the contract and the authority on what is valid. The
+:mod:`focus_sessions.contracts.codec` (pydantic) is the contract and the authority on what is
+valid. The
 projector and the replay decode every event of the log, and pydantic models are costly there:
 two models per event, each with its own ``__dict__``, all tracked by the garbage collector.
 This module mirrors the contract's event types as msgspec structs (no ``__dict__``, never
 tracked by the collector) with the same fields, defaults and bounds.
 
 The mirror is only a fast path. :func:`decode_message` gives exactly the answers of
-:func:`contracts.codec.decode_message`:
+:func:`focus_sessions.contracts.codec.decode_message`:
 
 - what msgspec accepts is valid for the contract too, with equal values (a differential
   property test holds the two to that: ``tests/unit/test_wire.py``);
 - everything msgspec refuses — malformed or invalid bytes, but also valid spellings only
   pydantic's lax mode takes, such as ``"25"`` for an integer — goes to the contract's decoder,
-  which returns its event or raises its :class:`~contracts.codec.PoisonEvent`;
+  which returns its event or raises its :class:`~focus_sessions.contracts.codec.PoisonEvent`;
 - so does anything with more than six fractional digits of a second (msgspec rounds them,
   pydantic truncates), or with a ``\\u`` escape (which could spell such digits, a NUL or a
   lone surrogate), a time zone the zone database does not know, and a time near or outside
-  the contract's range (:data:`contracts.events.EARLIEST` to ``LATEST``).
+  the contract's range (:data:`focus_sessions.contracts.events.EARLIEST` to ``LATEST``).
 
 So the fold sees either kind of event, with the same attribute names and types
 (:data:`AnyEvent`); events rebuilt from PostgreSQL stay pydantic models.
@@ -33,10 +34,10 @@ from uuid import UUID
 import msgspec
 from msgspec.structs import force_setattr
 
-from contracts.codec import check_message, upcast_ended_data
-from contracts.codec import decode_message as contract_decode
-from contracts.codec import encode as contract_encode
-from contracts.events import (
+from focus_sessions.contracts.codec import check_message, upcast_ended_data
+from focus_sessions.contracts.codec import decode_message as contract_decode
+from focus_sessions.contracts.codec import encode as contract_encode
+from focus_sessions.contracts.events import (
     DEFAULT_PLANNED_MINUTES,
     EARLIEST,
     ENDED_V1,
@@ -174,7 +175,7 @@ _FIRST_SAFE_YEAR, _LAST_SAFE_YEAR = EARLIEST.year + 1, LATEST.year - 2
 
 
 def decode_message(key: bytes | None, value: bytes | None) -> AnyEvent:
-    """:func:`contracts.codec.decode_message`, answered by msgspec when it can."""
+    """:func:`focus_sessions.contracts.codec.decode_message`, answered by msgspec when it can."""
     if not value or _SUB_MICROSECOND.search(value) or (b"\\" in value and b"\\u" in value):
         # a \u escape can spell such a fraction too ("\u002e9999995"); ``b"\\" in`` is a
         # memchr, and guards the slower two-byte search
@@ -244,7 +245,8 @@ def _kept(cache: dict[str, str], text: str) -> str:
 
 
 def encode(event: AnyEvent) -> bytes:
-    """CloudEvents structured JSON of either kind of event (as :func:`contracts.codec.encode`)."""
+    """CloudEvents structured JSON of either kind of event (as
+    :func:`focus_sessions.contracts.codec.encode`)."""
     if isinstance(event, Started | Interrupted | Ended):
         return msgspec.json.encode(event)
     return contract_encode(event)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from contracts.topics import EVENTS_TOPIC
+from focus_sessions.contracts.topics import EVENTS_TOPIC
 from tests.support.infra import (
     Infrastructure,
     TopicFactory,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from focus.embedded import free_port
+from focus_sessions.embedded import free_port
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def dev_stack(tmp_path):
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "FOCUS_JWT_SECRET"):
         env.pop(name, None)  # the embedded default, as on a fresh machine
     out = (tmp_path / "dev.out").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "focus.cli", "dev"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "focus_sessions.cli", "dev"], env=env,
                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 120
     token = None

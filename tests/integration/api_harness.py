@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from focus.api import ApiSettings, create_app, mint_token
-from focus.api.auth import ANALYTICS, SELF, WRITE
-from focus.api.cache import AnalyticsCache
-from focus.bootstrap import build_projector
-from focus.migrate import migrate
-from focus.settings import ProjectorSettings
+from focus_sessions.api import ApiSettings, create_app, mint_token
+from focus_sessions.api.auth import ANALYTICS, SELF, WRITE
+from focus_sessions.api.cache import AnalyticsCache
+from focus_sessions.bootstrap import build_projector
+from focus_sessions.migrate import migrate
+from focus_sessions.settings import ProjectorSettings
 from tests.support.infra import TopicSet
 
 SECRET = "test-secret-" + "x" * 40

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import jwt
 import pytest
 
-from focus.api.auth import ANALYTICS, SELF, WRITE
+from focus_sessions.api.auth import ANALYTICS, SELF, WRITE
 from tests.integration.api_harness import (
     SECRET,
     Api,

@@ -10,8 +10,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from focus.api.listener import APPLICATION_NAME
-from producers import events as ev
+from focus_sessions.api.listener import APPLICATION_NAME
+from focus_sessions.producers import events as ev
 from tests.integration.api_harness import (
     ANALYST,
     SERVICE,

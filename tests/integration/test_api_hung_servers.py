@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from tests.integration.api_harness import (
     SERVICE,
     Api,

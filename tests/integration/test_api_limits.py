@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from focus.api.errors import EXCERPT_CHARS, MAX_ERRORS
-from focus.api.limits import BodyLimit
-from focus.embedded import free_port
-from focus.migrate import migrate
+from focus_sessions.api.errors import EXCERPT_CHARS, MAX_ERRORS
+from focus_sessions.api.limits import BodyLimit
+from focus_sessions.embedded import free_port
+from focus_sessions.migrate import migrate
 from tests.integration.api_harness import (
     SECRET,
     SERVICE,
@@ -122,7 +122,7 @@ def served(postgres_url: str, kafka_bootstrap: str) -> Iterator[tuple[str, int]]
            "FOCUS_EVENTS_TOPIC": topics.events, "FOCUS_DLQ_TOPIC": topics.dlq,
            "FOCUS_JWT_SECRET": SECRET, "FOCUS_API_MAX_BODY_BYTES": str(LIMIT)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "focus.api.app:from_environment",
+        [sys.executable, "-m", "uvicorn", "--factory", "focus_sessions.api.app:from_environment",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         env=env, cwd=Path(__file__).parents[2])
     try:

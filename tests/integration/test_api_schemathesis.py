@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from consumers.replay_follow import topic_log_ends
-from focus.api import create_app
-from focus.api.auth import ANALYTICS, WRITE
-from focus.embedded import free_port, run_coroutine_sync
-from focus.migrate import migrate
+from focus_sessions.api import create_app
+from focus_sessions.api.auth import ANALYTICS, WRITE
+from focus_sessions.consumers.replay_follow import topic_log_ends
+from focus_sessions.embedded import free_port, run_coroutine_sync
+from focus_sessions.migrate import migrate
 from tests.integration.api_harness import api_settings, token
 from tests.support.infra import TopicSet, create_database, create_topic_set, drop_database
 from tests.support.projection import ProjectorProcess, positions, settings_for

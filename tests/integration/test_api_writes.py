@@ -8,7 +8,7 @@ import asyncio
 import psycopg
 import pytest
 
-from focus.embedded import free_port
+from focus_sessions.embedded import free_port
 from tests.integration.api_harness import (
     SERVICE,
     Api,

@@ -16,14 +16,14 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.replay import Replayer
-from consumers.replay_follow import ReplayOptions
-from contracts import topics as t
-from contracts.events import WIRE_TYPES, CloudEvent
-from contracts.schema import event_schema
-from focus.migrate import migrate
-from producers import events as ev
-from projections.verify import verify
+from focus_sessions.consumers.replay import Replayer
+from focus_sessions.consumers.replay_follow import ReplayOptions
+from focus_sessions.contracts import topics as t
+from focus_sessions.contracts.events import WIRE_TYPES, CloudEvent
+from focus_sessions.contracts.schema import event_schema
+from focus_sessions.migrate import migrate
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.verify import verify
 from tests.support.projection import (
     dead_letters,
     positions,
@@ -339,7 +339,8 @@ def invalid_values(schema: dict[str, Any], sessions: list[str]) -> st.SearchStra
 
 @st.composite
 def hostile_event(draw: st.DrawFn, sessions: list[str]) -> tuple[bytes, bytes]:
-    """An event drawn from one published JSON Schema (:func:`contracts.schema.event_schema`),
+    """An event drawn from one published JSON Schema
+    (:func:`focus_sessions.contracts.schema.event_schema`),
     each property valid or at or past one of the bounds the schema states.
 
     Event ids are reused within a user's records only: a user's records share a partition,

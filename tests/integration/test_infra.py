@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedServerError, free_port
-from focus.topics import (
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres, EmbeddedServerError, free_port
+from focus_sessions.topics import (
     BrokerUnavailableError,
     TopicProvisioningError,
     ensure_topics,

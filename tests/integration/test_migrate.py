@@ -11,11 +11,11 @@ import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
-import focus.migrate
-from focus.cli import app
-from focus.migrate import Migration, MigrationError, available, migrate
-from focus.servers import write_state
-from focus.settings import CommonSettings
+import focus_sessions.migrate
+from focus_sessions.cli import app
+from focus_sessions.migrate import Migration, MigrationError, available, migrate
+from focus_sessions.servers import write_state
+from focus_sessions.settings import CommonSettings
 
 #: `focus migrate` never talks to the broker; the address only has to be set.
 UNUSED_BROKER = "127.0.0.1:9"
@@ -56,7 +56,8 @@ def fake_migrations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "__init__.py").write_text("")
     (folder / "README.md").write_text("not a migration")
-    monkeypatch.setattr(focus.migrate, "resources", SimpleNamespace(files=lambda _: folder))
+    monkeypatch.setattr(
+        focus_sessions.migrate, "resources", SimpleNamespace(files=lambda _: folder))
     return folder
 
 
@@ -188,7 +189,7 @@ def test_migrations_go_into_the_schema_asked_for_with_their_own_history(
 
 
 def test_the_shipped_migrations_have_unique_ordered_versions_and_match_their_files() -> None:
-    package = resources.files("migrations")
+    package = resources.files("focus_sessions.migrations")
     files = sorted(e.name for e in package.iterdir() if e.name.endswith(".sql"))
     shipped = available()
     assert [f"{m.version:04d}_{m.name}.sql" for m in shipped] == files

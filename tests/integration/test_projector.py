@@ -9,10 +9,10 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts import topics as t
-from focus.migrate import migrate
-from producers import events as ev
-from projections.fold import History, derive, extend
+from focus_sessions.contracts import topics as t
+from focus_sessions.migrate import migrate
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.fold import History, derive, extend
 from tests.support.projection import (
     dead_letters,
     publish,
@@ -168,7 +168,7 @@ async def test_a_message_keyed_by_another_user_is_refused(
     kafka_bootstrap, fresh_database, fresh_topics
 ):
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics)
-    from contracts.codec import encode
+    from focus_sessions.contracts.codec import encode
 
     async with running_projector(s):
         sent = await publish(kafka_bootstrap, s.focus_events_topic,

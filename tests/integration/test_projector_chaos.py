@@ -32,7 +32,7 @@ async def test_sigkill_at_random_moments_then_restart_loses_and_doubles_nothing(
     sent = await publish(kafka_bootstrap, fresh_topics.events, stream(50_000))
     total = len(sent)
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics, focus_batch_max_records=1000)
-    from focus.migrate import migrate
+    from focus_sessions.migrate import migrate
 
     migrate(fresh_database)
     rng = random.Random(11)
@@ -71,7 +71,7 @@ async def test_two_projectors_share_partitions_and_one_takes_over_when_the_other
     kafka_bootstrap, postgres_url, fresh_database, fresh_topics, tmp_db_factory, tmp_path
 ):
     s = settings_for(kafka_bootstrap, fresh_database, fresh_topics, focus_batch_max_records=500)
-    from focus.migrate import migrate
+    from focus_sessions.migrate import migrate
 
     migrate(fresh_database)
     a = ProjectorProcess(s, tmp_path, "a")
@@ -122,7 +122,7 @@ async def test_postgres_away_for_seconds_mid_run_is_waited_out(
 async def test_a_projector_starting_while_postgres_is_away_waits_for_it(
     kafka_bootstrap, fresh_database, fresh_topics, postgres_proxy
 ):
-    from focus.migrate import migrate
+    from focus_sessions.migrate import migrate
 
     migrate(fresh_database)
     host, port = postgres_proxy.address.rsplit(":", 1)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from focus.migrate import migrate
+from focus_sessions.migrate import migrate
 from tests.support.projection import (
     publish,
     reference_snapshot,

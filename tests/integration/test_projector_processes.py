@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from focus.migrate import migrate
+from focus_sessions.migrate import migrate
 from tests.support.infra import create_database, drop_database
 from tests.support.projection import (
     ProjectorProcess,

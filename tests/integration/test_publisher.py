@@ -15,14 +15,14 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from contracts.codec import decode
-from focus import cli_produce
-from focus.bootstrap import producer
-from focus.embedded import free_port
-from producers.bulk import partition_for, publish_pairs
-from producers.publisher import Publisher, PublisherError
-from producers.simulate import Profile, generate
-from producers.sync import SyncPublisher
+from focus_sessions import cli_produce
+from focus_sessions.bootstrap import producer
+from focus_sessions.contracts.codec import decode
+from focus_sessions.embedded import free_port
+from focus_sessions.producers.bulk import partition_for, publish_pairs
+from focus_sessions.producers.publisher import Publisher, PublisherError
+from focus_sessions.producers.simulate import Profile, generate
+from focus_sessions.producers.sync import SyncPublisher
 from tests.support.infra import TopicSet, delete_topics, partition_count
 
 

@@ -11,12 +11,12 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from focus import cli_produce
-from focus.bootstrap import producer
-from focus.embedded import free_port
-from focus.topics import ensure_topics
-from producers.bulk import publish_pairs
-from producers.simulate import generate
+from focus_sessions import cli_produce
+from focus_sessions.bootstrap import producer
+from focus_sessions.embedded import free_port
+from focus_sessions.producers.bulk import publish_pairs
+from focus_sessions.producers.simulate import generate
+from focus_sessions.topics import ensure_topics
 from tests.support.infra import TopicSet, delete_topics
 
 

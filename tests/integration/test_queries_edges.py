@@ -1,4 +1,5 @@
-"""The API's read queries (``projections.queries.ReadQueries``) at their edges, against a
+"""The API's read queries (``focus_sessions.projections.queries.ReadQueries``) at their edges,
+against a
 migrated PostgreSQL database filled through the real fold and repository."""
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from contracts.events import Event
-from focus.migrate import migrate
-from producers import events as ev
-from projections.batch import Located, Plan, plan
-from projections.fold import SessionRow
-from projections.queries import (
+from focus_sessions.contracts.events import Event
+from focus_sessions.migrate import migrate
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.batch import Located, Plan, plan
+from focus_sessions.projections.fold import SessionRow
+from focus_sessions.projections.queries import (
     Cursor,
     DayBucket,
     Freshness,
@@ -26,7 +27,7 @@ from projections.queries import (
     SessionPage,
     UserTotals,
 )
-from projections.repository import Advance, ProjectionRepository
+from focus_sessions.projections.repository import Advance, ProjectionRepository
 
 TOPIC = "focus.session.events"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

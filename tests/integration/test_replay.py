@@ -10,15 +10,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consumers import replay_pool
-from consumers.replay import Replayer, ReplayReport
-from consumers.replay_follow import ReplayOptions, topic_log_ends
-from contracts.codec import encode
-from contracts.events import CloudEvent
-from focus.bootstrap import producer
-from focus.migrate import migrate
-from producers import events as ev
-from projections.verify import VerifyReport, verify
+from focus_sessions.bootstrap import producer
+from focus_sessions.consumers import replay_pool
+from focus_sessions.consumers.replay import Replayer, ReplayReport
+from focus_sessions.consumers.replay_follow import ReplayOptions, topic_log_ends
+from focus_sessions.contracts.codec import encode
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.migrate import migrate
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.verify import VerifyReport, verify
 from tests.integration.api_harness import api_settings, running_api
 from tests.support.infra import create_database, drop_database
 from tests.support.projection import (

@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from focus.migrate import migrate
-from projections.fold import SessionRow
-from projections.repository import (
+from focus_sessions.migrate import migrate
+from focus_sessions.projections.fold import SessionRow
+from focus_sessions.projections.repository import (
     SESSION_COLUMNS,
     SESSION_EVENT_COLUMNS,
     STATS_COLUMNS,

@@ -1,4 +1,4 @@
-"""Broker reachability and topic provisioning when things go wrong (``focus.topics``).
+"""Broker reachability and topic provisioning when things go wrong (``focus_sessions.topics``).
 
 The embedded broker accepts every create request and always has a leader, so the answers of a
 real cluster that it never gives (a refused create, metadata that lags behind a create) are
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError
 
-import focus.topics
-from focus.embedded import EmbeddedKafka, free_port
-from focus.topics import (
+import focus_sessions.topics
+from focus_sessions.embedded import EmbeddedKafka, free_port
+from focus_sessions.topics import (
     BrokerUnavailableError,
     TopicProvisioningError,
     ensure_topics,
@@ -135,8 +135,8 @@ def admin(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[ScriptedAdmin]]:
     ScriptedAdmin.create_errors = {}
     ScriptedAdmin.describe_answers = []
     ScriptedAdmin.v0_response = False
-    monkeypatch.setattr(focus.topics, "wait_for_broker", broker_answers)
-    monkeypatch.setattr(focus.topics, "AIOKafkaAdminClient", ScriptedAdmin)
+    monkeypatch.setattr(focus_sessions.topics, "wait_for_broker", broker_answers)
+    monkeypatch.setattr(focus_sessions.topics, "AIOKafkaAdminClient", ScriptedAdmin)
     yield ScriptedAdmin
     assert all(a.closed for a in ScriptedAdmin.instances)  # never leaks a client
 

@@ -7,8 +7,8 @@ import asyncio
 import psycopg
 from typer.testing import CliRunner
 
-from focus.cli import app
-from producers import events as ev
+from focus_sessions.cli import app
+from focus_sessions.producers import events as ev
 from tests.integration.test_replay import (
     caught_up,
     replayer,

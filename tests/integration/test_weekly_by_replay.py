@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
-from producers import events as ev
+from focus_sessions.producers import events as ev
 from tests.integration.api_harness import ANALYST, api_settings, running_api
 from tests.integration.test_replay import replayer
 from tests.support.projection import publish, running_projector, settings_for, wait_caught_up

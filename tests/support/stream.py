@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
-from contracts.events import CloudEvent
-from producers import events as ev
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.producers import events as ev
 
 EPOCH = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
 

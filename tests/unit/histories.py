@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
-from contracts.events import Event
-from producers import events as ev
+from focus_sessions.contracts.events import Event
+from focus_sessions.producers import events as ev
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

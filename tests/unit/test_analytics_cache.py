@@ -8,11 +8,11 @@ from decimal import Decimal
 
 import pytest
 
-from focus.api import models
-from focus.api.cache import AnalyticsCache
-from projections import notify
-from projections.notify import Moved, Notice
-from projections.queries import Freshness, Position, UserTotals
+from focus_sessions.api import models
+from focus_sessions.api.cache import AnalyticsCache
+from focus_sessions.projections import notify
+from focus_sessions.projections.notify import Moved, Notice
+from focus_sessions.projections.queries import Freshness, Position, UserTotals
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 TOPIC = "focus.session.events"

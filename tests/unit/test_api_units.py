@@ -10,12 +10,24 @@ import jwt
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from focus.api import models
-from focus.api.auth import ANALYTICS, SELF, WRITE, Principal, TokenVerifier, mint_token
-from focus.api.settings import DEV_JWT_SECRET, ApiSettings
-from producers.http import FocusSessionCreate, FocusSessionUpdate, end_event, start_event
-from projections.fold import SessionRow
-from projections.queries import Cursor, DayBucket, Freshness, Position, UserTotals, WeekBucket
+from focus_sessions.api import models
+from focus_sessions.api.auth import ANALYTICS, SELF, WRITE, Principal, TokenVerifier, mint_token
+from focus_sessions.api.settings import DEV_JWT_SECRET, ApiSettings
+from focus_sessions.producers.http import (
+    FocusSessionCreate,
+    FocusSessionUpdate,
+    end_event,
+    start_event,
+)
+from focus_sessions.projections.fold import SessionRow
+from focus_sessions.projections.queries import (
+    Cursor,
+    DayBucket,
+    Freshness,
+    Position,
+    UserTotals,
+    WeekBucket,
+)
 
 GOOD = "s" * 48
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)

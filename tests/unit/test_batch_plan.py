@@ -8,9 +8,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers import events as ev
-from projections.batch import Located, Plan, plan
-from projections.fold import History, SessionRow, Status
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.batch import Located, Plan, plan
+from focus_sessions.projections.fold import History, SessionRow, Status
 from tests.unit.histories import minutes, pomodoro
 
 
@@ -102,7 +102,7 @@ def test_a_contradiction_found_later_is_reported_once_without_its_bytes():
     store.project([end])  # held
     from datetime import timedelta
 
-    from producers import events as ev
+    from focus_sessions.producers import events as ev
 
     late_start = ev.started(
         "ada", end.data.ended_at + timedelta(minutes=1), session_id=start.data.session_id

@@ -18,10 +18,10 @@ import typer
 import typer.main
 from typer.testing import CliRunner, Result
 
-from focus.api.auth import ANALYTICS, SCOPES, SELF, WRITE, TokenVerifier
-from focus.api.settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH
-from focus.cli import AREAS, app
-from focus.servers import ServersNotConfigured
+from focus_sessions.api.auth import ANALYTICS, SCOPES, SELF, WRITE, TokenVerifier
+from focus_sessions.api.settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH
+from focus_sessions.cli import AREAS, app
+from focus_sessions.servers import ServersNotConfigured
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +205,7 @@ def test_migrate_without_a_database_or_dev_stack_says_what_to_set(tmp_path: Path
 
 # --- each command imports only what it uses ---------------------------------------------------
 
-API_STACK = ("fastapi", "uvicorn", "starlette", "focus.api")
+API_STACK = ("fastapi", "uvicorn", "starlette", "focus_sessions.api")
 
 # Runs `focus <command> --help`, then imports what the command's body imports when it runs, and
 # prints the modules loaded: a fresh interpreter, since this one has imported everything.
@@ -213,7 +213,7 @@ LOADED_BY = """
 import json, sys
 command, body = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 sys.argv = ["focus", *command, "--help"]
-from focus.cli import main
+from focus_sessions.cli import main
 try:
     main()
 except SystemExit:
@@ -236,8 +236,9 @@ def api_stack(modules: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(("command", "body"), [
-    (["project"], ("focus.bootstrap", "focus.workers", "focus.topics", "focus.servers")),
-    (["migrate"], ("focus.migrate", "focus.servers")),
+    (["project"], ("focus_sessions.bootstrap", "focus_sessions.workers",
+                   "focus_sessions.topics", "focus_sessions.servers")),
+    (["migrate"], ("focus_sessions.migrate", "focus_sessions.servers")),
     (["verify"], ()),
     (["replay"], ()),
 ], ids=["project", "migrate", "verify", "replay"])
@@ -249,7 +250,7 @@ def test_commands_that_serve_no_http_never_import_the_api_stack(
 
 def test_the_api_command_still_loads_its_area() -> None:
     # the check above can see the API stack when it is there
-    assert {"fastapi", "focus.api"} <= set(api_stack(loaded_by(["api"])))
+    assert {"fastapi", "focus_sessions.api"} <= set(api_stack(loaded_by(["api"])))
 
 
 def test_help_lists_every_command_with_its_summary() -> None:
@@ -276,7 +277,7 @@ def test_each_area_registers_exactly_the_commands_the_cli_loads_it_for() -> None
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What `focus dev` would have started: nothing runs for real here."""
     runs: list[str] = []
-    monkeypatch.setattr("focus.dev.run", lambda settings, port: runs.append("stack"))
+    monkeypatch.setattr("focus_sessions.dev.run", lambda settings, port: runs.append("stack"))
     return runs
 
 

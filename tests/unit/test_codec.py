@@ -9,13 +9,13 @@ from uuid import UUID
 
 import pytest
 
-from consumers.backoff import Backoff
-from consumers.dlq import contradiction_letter, dead_letter
-from contracts import topics
-from contracts.codec import PoisonEvent, decode, encode
-from contracts.events import ENDED_V2, EndedEvent, StartedEvent
-from producers import events as ev
-from projections.batch import Contradiction, Located
+from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.consumers.dlq import contradiction_letter, dead_letter
+from focus_sessions.contracts import topics
+from focus_sessions.contracts.codec import PoisonEvent, decode, encode
+from focus_sessions.contracts.events import ENDED_V2, EndedEvent, StartedEvent
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.batch import Contradiction, Located
 from tests.unit.histories import T0, minutes
 
 
@@ -196,7 +196,7 @@ def test_backoff_grows_exponentially_with_equal_jitter_up_to_a_cap():
 
 
 def test_a_message_must_be_keyed_by_its_user():
-    from contracts.codec import decode_message
+    from focus_sessions.contracts.codec import decode_message
 
     start = ev.started("ada", T0)
     assert decode_message(b"ada", encode(start)) == start

@@ -11,13 +11,13 @@ from datetime import timedelta
 
 import pytest
 
-from contracts import schema
-from contracts.codec import PoisonEvent, encode
-from contracts.codec import decode_message as contract_decode
-from contracts.events import EARLIEST, ENDED_V2, INTERRUPTED_V1, LATEST, MAX_SESSION
-from producers import events as ev
-from projections import wire
-from projections.fold import History, Status, derive, extend
+from focus_sessions.contracts import schema
+from focus_sessions.contracts.codec import PoisonEvent, encode
+from focus_sessions.contracts.codec import decode_message as contract_decode
+from focus_sessions.contracts.events import EARLIEST, ENDED_V2, INTERRUPTED_V1, LATEST, MAX_SESSION
+from focus_sessions.producers import events as ev
+from focus_sessions.projections import wire
+from focus_sessions.projections.fold import History, Status, derive, extend
 from tests.unit.histories import T0, minutes
 
 START = ev.started("ada", T0)

@@ -12,11 +12,11 @@ import typer
 from jsonschema import Draft7Validator
 from typer.testing import CliRunner
 
-from contracts import topics
-from contracts.asyncapi import asyncapi_document
-from contracts.events import WIRE_TYPES
-from contracts.schema import example_event
-from focus import cli_produce
+from focus_sessions import cli_produce
+from focus_sessions.contracts import topics
+from focus_sessions.contracts.asyncapi import asyncapi_document
+from focus_sessions.contracts.events import WIRE_TYPES
+from focus_sessions.contracts.schema import example_event
 
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
 

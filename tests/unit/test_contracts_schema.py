@@ -11,10 +11,15 @@ from uuid import UUID
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
 
-from contracts.codec import PoisonEvent, decode
-from contracts.events import WIRE_TYPES
-from contracts.schema import event_schema, event_schemas, example_event, write_event_schemas
-from producers.simulate import Profile, generate
+from focus_sessions.contracts.codec import PoisonEvent, decode
+from focus_sessions.contracts.events import WIRE_TYPES
+from focus_sessions.contracts.schema import (
+    event_schema,
+    event_schemas,
+    example_event,
+    write_event_schemas,
+)
+from focus_sessions.producers.simulate import Profile, generate
 
 SHARED_SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
 needs_shared = pytest.mark.skipif(

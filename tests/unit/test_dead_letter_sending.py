@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from consumers.dlq import DeadLetter, dead_letter
-from consumers.projector import Projector
+from focus_sessions.consumers.dlq import DeadLetter, dead_letter
+from focus_sessions.consumers.projector import Projector
 from tests.support.fakes import FakeBroker, FakeProducer
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from uuid import UUID
 
-from producers import events as ev
-from projections.fold import History, Status, apply, derive, extend
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.fold import History, Status, apply, derive, extend
 from tests.unit.histories import T0, minutes, pomodoro
 
 

@@ -1,4 +1,5 @@
-"""One contract: the pydantic models of :mod:`contracts.events`, and every place that restates
+"""One contract: the pydantic models of :mod:`focus_sessions.contracts.events`, and every place
+that restates
 them for speed — the fast decoder's mirror, the ``session_events`` row mapping, the simulator's
 JSON and the ``ended`` upcaster — held to them by tests that fail when a field is added to the
 contract and not to that place. What to change when an event type evolves:
@@ -18,13 +19,17 @@ from uuid import UUID
 import msgspec
 import pytest
 
-from contracts import events as contract
-from contracts.codec import decode_message, encode, upcast_ended_data
-from contracts.events import WIRE_TYPES, CloudEvent
-from producers.simulate import Profile, generate
-from projections import wire
-from projections.fold import fact
-from projections.repository import SESSION_EVENT_COLUMNS, event_from_record, event_record
+from focus_sessions.contracts import events as contract
+from focus_sessions.contracts.codec import decode_message, encode, upcast_ended_data
+from focus_sessions.contracts.events import WIRE_TYPES, CloudEvent
+from focus_sessions.producers.simulate import Profile, generate
+from focus_sessions.projections import wire
+from focus_sessions.projections.fold import fact
+from focus_sessions.projections.repository import (
+    SESSION_EVENT_COLUMNS,
+    event_from_record,
+    event_record,
+)
 
 #: The newest version of each event type: what the fold sees and ``session_events`` stores.
 NEWEST: tuple[type[CloudEvent], ...] = get_args(contract.Event)

@@ -18,13 +18,13 @@ import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.backoff import Backoff
-from consumers.projector import ConnectionFactory, Projector
-from contracts import topics
-from contracts.codec import encode
-from contracts.events import CloudEvent
-from projections.batch import Located, plan
-from projections.repository import ProjectionRepository
+from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.consumers.projector import ConnectionFactory, Projector
+from focus_sessions.contracts import topics
+from focus_sessions.contracts.codec import encode
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.projections.batch import Located, plan
+from focus_sessions.projections.repository import ProjectionRepository
 from tests.support.fakes import (
     FakeBroker,
     FakeConsumer,

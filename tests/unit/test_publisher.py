@@ -13,12 +13,12 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
-from contracts.codec import decode, encode
-from contracts.events import ENDED_V2, STARTED_V1, CloudEvent, StartedEvent
-from producers import events
-from producers.bulk import partition_for
-from producers.publisher import Publisher, PublisherError, Receipt, checked
-from producers.sync import SyncPublisher
+from focus_sessions.contracts.codec import decode, encode
+from focus_sessions.contracts.events import ENDED_V2, STARTED_V1, CloudEvent, StartedEvent
+from focus_sessions.producers import events
+from focus_sessions.producers.bulk import partition_for
+from focus_sessions.producers.publisher import Publisher, PublisherError, Receipt, checked
+from focus_sessions.producers.sync import SyncPublisher
 
 NOON = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 

@@ -8,10 +8,10 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from contracts.codec import decode
-from contracts.events import ENDED_V1, STARTED_V1
-from focus import cli_produce
-from producers.simulate import generate
+from focus_sessions import cli_produce
+from focus_sessions.contracts.codec import decode
+from focus_sessions.contracts.events import ENDED_V1, STARTED_V1
+from focus_sessions.producers.simulate import generate
 
 SESSION = "8f0c6c0e-6a43-4d4e-9c7a-2f4b1d6a9e11"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from producers.bulk import partition_for
+from focus_sessions.producers.bulk import partition_for
 
 # Kafka's own murmur2 test vectors (clients/.../utils/UtilsTest.java), signed 32-bit.
 JAVA_MURMUR2 = {

@@ -10,13 +10,13 @@ from uuid import uuid4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.codec import decode, encode
-from producers import events as ev
-from projections import weekly
-from projections.batch import Located, plan
-from projections.fold import derive
-from projections.replay import Rollups, ShadowState, build, fold
-from projections.repository import event_record, session_record
+from focus_sessions.contracts.codec import decode, encode
+from focus_sessions.producers import events as ev
+from focus_sessions.projections import weekly
+from focus_sessions.projections.batch import Located, plan
+from focus_sessions.projections.fold import derive
+from focus_sessions.projections.replay import Rollups, ShadowState, build, fold
+from focus_sessions.projections.repository import event_record, session_record
 from tests.support.stream import stream
 from tests.unit.histories import T0, minutes
 
@@ -153,14 +153,14 @@ def derive_row(start):
 
 
 def derive_history(events):
-    from projections.fold import History, extend
+    from focus_sessions.projections.fold import History, extend
 
     return derive(extend(History(), [decode(encode(e)) for e in events])[0]).row
 
 
 def test_an_event_record_holds_what_rebuilds_the_event_for_either_decoder():
-    from projections import wire as fast
-    from projections.repository import SESSION_EVENT_COLUMNS, event_from_record
+    from focus_sessions.projections import wire as fast
+    from focus_sessions.projections.repository import SESSION_EVENT_COLUMNS, event_from_record
 
     sid = ev.started("ada", T0).data.session_id
     # every value distinct (recorded times later than the facts), so no column can stand in

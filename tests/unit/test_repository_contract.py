@@ -15,12 +15,12 @@ from uuid import UUID, uuid4
 import psycopg
 import pytest
 
-from contracts.codec import upcast
-from contracts.events import Event
-from producers import events as ev
-from projections.batch import Located, Plan, plan, session_ids
-from projections.fold import derive, fact
-from projections.repository import Advance, Fenced, Unstorable
+from focus_sessions.contracts.codec import upcast
+from focus_sessions.contracts.events import Event
+from focus_sessions.producers import events as ev
+from focus_sessions.projections.batch import Located, Plan, plan, session_ids
+from focus_sessions.projections.fold import derive, fact
+from focus_sessions.projections.repository import Advance, Fenced, Unstorable
 from tests.support.fakes import MemoryRepository, MemoryStore, Snapshot
 from tests.unit.histories import T0, minutes, pomodoro
 

@@ -1,5 +1,5 @@
-"""Where a command finds its servers (``focus.servers``), and how the embedded servers
-(``focus.embedded``) explain a failure to start."""
+"""Where a command finds its servers (``focus_sessions.servers``), and how the embedded servers
+(``focus_sessions.embedded``) explain a failure to start."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from focus.embedded import (
+from focus_sessions.embedded import (
     EmbeddedKafka,
     EmbeddedPostgres,
     EmbeddedServerError,
     find_tansu_binary,
 )
-from focus.servers import (
+from focus_sessions.servers import (
     ServersNotConfigured,
     clear_state,
     database_url,
@@ -26,7 +26,7 @@ from focus.servers import (
     state_path,
     write_state,
 )
-from focus.settings import CommonSettings, ProjectorSettings
+from focus_sessions.settings import CommonSettings, ProjectorSettings
 
 ENV_KAFKA = "kafka.example:9092"
 ENV_DB = "postgresql://app@db.example:5432/focus"
@@ -54,7 +54,8 @@ def write_dev_json(data_dir: Path, pid: int, **fields: object) -> None:
     (data_dir / "dev.json").write_text(json.dumps(state))
 
 
-# --- focus.servers: explicit settings, a running `focus dev`, or a message --------------------
+# --- focus_sessions.servers: explicit settings, a running `focus dev`, or a message
+# --------------------
 
 
 def test_explicit_servers_win_over_a_running_dev_stack(tmp_path: Path) -> None:
@@ -180,7 +181,8 @@ def test_write_state_creates_the_data_folder_and_clear_state_forgets_the_stack(
     clear_state(settings)  # already gone: nothing to do, no error
 
 
-# --- focus.embedded: failures a person can act on -------------------------------------------
+# --- focus_sessions.embedded: failures a person can act on
+# -------------------------------------------
 
 
 def fake_binary(folder: Path, body: str, *, executable: bool = True) -> Path:

@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 
-from contracts.codec import decode, encode
-from contracts.events import ENDED_V1, ENDED_V2, INTERRUPTED_V1, STARTED_V1, WIRE_TYPES
-from producers.simulate import Profile, Simulation, generate
+from focus_sessions.contracts.codec import decode, encode
+from focus_sessions.contracts.events import (
+    ENDED_V1,
+    ENDED_V2,
+    INTERRUPTED_V1,
+    STARTED_V1,
+    WIRE_TYPES,
+)
+from focus_sessions.producers.simulate import Profile, Simulation, generate
 
 
 @cache

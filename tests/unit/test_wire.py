@@ -1,6 +1,7 @@
 """The projection's fast decoder gives exactly the contract's answers.
 
-:mod:`projections.wire` decodes with msgspec and falls back to :mod:`contracts.codec` (pydantic)
+:mod:`focus_sessions.projections.wire` decodes with msgspec and falls back to
+:mod:`focus_sessions.contracts.codec` (pydantic)
 for whatever msgspec refuses. These tests hold the two to one contract: on valid events, near-
 valid spellings and plain garbage, both return equal events or both refuse with the same reason.
 """
@@ -17,11 +18,11 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from contracts import events as contract
-from contracts.codec import PoisonEvent, encode
-from contracts.codec import decode_message as contract_decode
-from producers import events as ev
-from projections import wire
+from focus_sessions.contracts import events as contract
+from focus_sessions.contracts.codec import PoisonEvent, encode
+from focus_sessions.contracts.codec import decode_message as contract_decode
+from focus_sessions.producers import events as ev
+from focus_sessions.projections import wire
 from tests.unit.histories import T0, minutes
 
 SID = uuid4()

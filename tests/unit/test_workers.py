@@ -1,4 +1,5 @@
-"""The supervisor's rules (``focus.workers``) with stand-in workers, and how ``focus project``
+"""The supervisor's rules (``focus_sessions.workers``) with stand-in workers, and how ``focus
+project``
 chooses between one projector in-process and a supervisor."""
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from focus import cli
-from focus.settings import ProjectorSettings
-from focus.workers import (
+from focus_sessions import cli
+from focus_sessions.settings import ProjectorSettings
+from focus_sessions.workers import (
     GRACE_SECONDS,
     StopRequest,
     describe,
@@ -62,7 +63,7 @@ async def supervised(commands: dict[str, list[str]], stop: StopRequest,
 
 @pytest.fixture
 def supervisor_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO, logger="focus.workers")
+    caplog.set_level(logging.INFO, logger="focus_sessions.workers")
     return caplog
 
 
@@ -140,8 +141,8 @@ def test_which_endings_are_clean(returncode: int, clean: bool, text: str) -> Non
 def test_workers_are_named_and_told_their_supervisor() -> None:
     commands = worker_commands(2, 4242)
     assert commands == {
-        "worker-1": [sys.executable, "-m", "focus.workers", "worker-1", "4242"],
-        "worker-2": [sys.executable, "-m", "focus.workers", "worker-2", "4242"],
+        "worker-1": [sys.executable, "-m", "focus_sessions.workers", "worker-1", "4242"],
+        "worker-2": [sys.executable, "-m", "focus_sessions.workers", "worker-2", "4242"],
     }
 
 
@@ -154,10 +155,10 @@ def test_workers_get_the_servers_the_supervisor_resolved() -> None:
 
 
 def test_a_worker_whose_supervisor_is_already_gone_does_not_start() -> None:
-    done = subprocess.run([sys.executable, "-m", "focus.workers", "worker-9", "0"],
+    done = subprocess.run([sys.executable, "-m", "focus_sessions.workers", "worker-9", "0"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert "worker-9 focus.workers supervisor (pid 0) is gone: not starting" in done.stderr
+    assert "worker-9 focus_sessions.workers supervisor (pid 0) is gone: not starting" in done.stderr
 
 
 # -- focus project: one process, or a supervisor ---------------------------------------------

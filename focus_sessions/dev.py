@@ -26,11 +26,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from focus.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, run_coroutine_sync
-from focus.migrate import migrate
-from focus.servers import clear_state, write_state
-from focus.settings import CommonSettings
-from focus.topics import ensure_topics, wait_for_broker
+from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, run_coroutine_sync
+from focus_sessions.migrate import migrate
+from focus_sessions.servers import clear_state, write_state
+from focus_sessions.settings import CommonSettings
+from focus_sessions.topics import ensure_topics, wait_for_broker
 
 DEV_DATABASE = "focus_dev"
 DEV_USER = "dev-user"
@@ -64,7 +64,7 @@ class DevStack:
         for name in ("project", "api"):
             log = (logs / f"{name}.log").open("ab")
             self.children[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "focus.cli", name], env=env, stdout=log,
+                [sys.executable, "-m", "focus_sessions.cli", name], env=env, stdout=log,
                 stderr=subprocess.STDOUT)
         self._wait_for_api()
         self._wait_for_projector()
@@ -162,7 +162,7 @@ def _port_free(port: int) -> bool:
 
 
 def _dev_token(env: dict[str, str]) -> str:
-    from focus.api.auth import ANALYTICS, SELF, WRITE, mint_token
+    from focus_sessions.api.auth import ANALYTICS, SELF, WRITE, mint_token
 
     return mint_token(env["FOCUS_JWT_SECRET"], DEV_USER, [SELF, WRITE, ANALYTICS],
                       audience=env.get("FOCUS_JWT_AUDIENCE", "focus-sessions"))

@@ -6,7 +6,7 @@ from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from focus.settings import CommonSettings
+from focus_sessions.settings import CommonSettings
 
 #: Used only in the explicit development mode when ``FOCUS_JWT_SECRET`` is unset, so that
 #: ``focus dev`` and the API it starts agree on a secret without any set-up.

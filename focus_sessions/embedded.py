@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import IO, Any, NamedTuple, Self, TypeVar
 from urllib.parse import quote
 
-from focus.topics import probe_broker
+from focus_sessions.topics import probe_broker
 
 _T = TypeVar("_T")
 
@@ -131,7 +131,7 @@ class EmbeddedKafka(Service):
     """A memory-only tansu broker on ``127.0.0.1``; a context manager that stops it on exit.
 
     Known limits: no idempotent producer (use ``enable_idempotence=False``), no topic
-    auto-create (see ``focus.topics.ensure_topics``), unreliable timestamp offset look-ups.
+    auto-create (see ``focus_sessions.topics.ensure_topics``), unreliable timestamp offset look-ups.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""``focus simulate``: publish a seeded, realistic load (see :mod:`producers.simulate`)."""
+"""``focus simulate``: publish a seeded, realistic load (see
+:mod:`focus_sessions.producers.simulate`)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from focus.cli_produce import Bootstrap, CreateTopic, Timeout, Topic
-from focus.settings import CommonSettings, from_environment
-from producers.simulate import Profile, Simulation
+from focus_sessions.cli_produce import Bootstrap, CreateTopic, Timeout, Topic
+from focus_sessions.producers.simulate import Profile, Simulation
+from focus_sessions.settings import CommonSettings, from_environment
 
 
 @contextmanager
@@ -68,8 +69,8 @@ def simulate(
     Pomodoro lengths (25 min mostly, some 15/50), per-user interruption rates, ~20% abandoned
     sessions, users in several time zones. Prints a JSON summary with the sustained rate.
     """
-    from focus import producing
-    from focus.topics import TopicProvisioningError
+    from focus_sessions import producing
+    from focus_sessions.topics import TopicProvisioningError
 
     profile = Profile(ended_v1_share=ended_v1_share, abandon_share=abandon_share)
     simulation = Simulation(users, sessions, seed, profile)

@@ -1,4 +1,5 @@
-"""CLI commands for the replay area (registered by focus.cli): ``replay`` and ``verify``."""
+"""CLI commands for the replay area (registered by focus_sessions.cli): ``replay`` and
+``verify``."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from focus.settings import ProjectorSettings, from_environment
+from focus_sessions.settings import ProjectorSettings, from_environment
 
 if TYPE_CHECKING:
-    from consumers.replay import ReplayReport
-    from projections.verify import VerifyReport
+    from focus_sessions.consumers.replay import ReplayReport
+    from focus_sessions.projections.verify import VerifyReport
 
 console = Console(stderr=True)
 
@@ -75,10 +76,10 @@ def replay(
                                                "focus_retired_<time> schema.")] = False,
 ) -> None:
     """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
-    from consumers.replay import Replayer
-    from consumers.replay_follow import ReplayOptions, default_workers
-    from focus.migrate import migrate
-    from focus.servers import resolved
+    from focus_sessions.consumers.replay import Replayer
+    from focus_sessions.consumers.replay_follow import ReplayOptions, default_workers
+    from focus_sessions.migrate import migrate
+    from focus_sessions.servers import resolved
 
     settings = resolved(from_environment(ProjectorSettings))
     assert settings.kafka_bootstrap_servers
@@ -125,7 +126,7 @@ def verify(
     examples: Annotated[int, typer.Option(min=0, help="Examples printed per check.")] = 5,
 ) -> None:
     """Check that every read model equals its definition; exit 1 on any mismatch."""
-    from focus.servers import resolved
+    from focus_sessions.servers import resolved
 
     settings = resolved(from_environment(ProjectorSettings))
     assert settings.kafka_bootstrap_servers
@@ -154,8 +155,8 @@ def verify(
 async def _verify(settings: ProjectorSettings, examples: int) -> tuple[VerifyReport, str | None]:
     from aiokafka.errors import KafkaError
 
-    from consumers.replay_follow import topic_log_ends
-    from projections.verify import verify as run
+    from focus_sessions.consumers.replay_follow import topic_log_ends
+    from focus_sessions.projections.verify import verify as run
 
     assert settings.kafka_bootstrap_servers
     assert settings.database_url

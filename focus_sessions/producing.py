@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from contracts.events import CloudEvent
-from focus.bootstrap import producer
-from focus.settings import CommonSettings
-from focus.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
-from producers.bulk import BulkResult, publish_pairs
-from producers.publisher import Publisher, Receipt
-from producers.simulate import Simulation
+from focus_sessions.bootstrap import producer
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.producers.bulk import BulkResult, publish_pairs
+from focus_sessions.producers.publisher import Publisher, Receipt
+from focus_sessions.producers.simulate import Simulation
+from focus_sessions.settings import CommonSettings
+from focus_sessions.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 

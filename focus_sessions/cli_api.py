@@ -1,4 +1,5 @@
-"""CLI commands for the api area (registered by focus.cli): ``focus api``, ``focus token``."""
+"""CLI commands for the api area (registered by focus_sessions.cli): ``focus api``, ``focus
+token``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from focus.api.auth import SCOPES
-from focus.api.settings import ApiSettings
+from focus_sessions.api.auth import SCOPES
+from focus_sessions.api.settings import ApiSettings
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _settings() -> ApiSettings:
-    from focus.settings import from_environment
+    from focus_sessions.settings import from_environment
 
     return from_environment(ApiSettings)
 
@@ -27,15 +28,15 @@ def api() -> None:
     """Serve the HTTP API (uvicorn) on FOCUS_API_HOST:FOCUS_API_PORT."""
     import uvicorn
 
-    from focus.servers import resolved
+    from focus_sessions.servers import resolved
 
     settings = resolved(_settings())
     # worker processes rebuild the settings from the environment: hand them the resolved servers
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers or ""
     os.environ["DATABASE_URL"] = settings.database_url or ""
-    uvicorn.run("focus.api.app:from_environment", factory=True, host=settings.focus_api_host,
-                port=settings.focus_api_port, workers=settings.focus_api_workers,
-                log_level="info", access_log=False)
+    uvicorn.run("focus_sessions.api.app:from_environment", factory=True,
+                host=settings.focus_api_host, port=settings.focus_api_port,
+                workers=settings.focus_api_workers, log_level="info", access_log=False)
 
 
 def token(
@@ -45,7 +46,7 @@ def token(
     days: Annotated[int, typer.Option(help="Validity in days.")] = 30,
 ) -> None:
     """Print a bearer token signed with FOCUS_JWT_SECRET (the dev secret in FOCUS_DEV_MODE)."""
-    from focus.api.auth import SELF, mint_token
+    from focus_sessions.api.auth import SELF, mint_token
 
     settings = _settings()
     try:

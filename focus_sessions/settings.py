@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
+from focus_sessions.contracts.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -14,8 +14,8 @@ from uuid import UUID
 import typer
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
-from contracts.events import CloudEvent
-from focus.settings import CommonSettings, from_environment
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.settings import CommonSettings, from_environment
 
 emit_app = typer.Typer(help="Publish one event built from options; print its receipt as JSON.",
                        no_args_is_help=True)
@@ -54,7 +54,7 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 @contextmanager
 def _validated() -> Iterator[None]:
-    from focus.producing import describe_validation
+    from focus_sessions.producing import describe_validation
 
     try:
         yield
@@ -64,9 +64,9 @@ def _validated() -> Iterator[None]:
 
 def _send(event: CloudEvent, bootstrap: str | None, topic: str | None, create_topic: bool,
           timeout: float, dry_run: bool) -> None:
-    from focus.producing import ProduceError, emit, target
-    from focus.topics import TopicProvisioningError
-    from producers.publisher import PublisherError
+    from focus_sessions.producers.publisher import PublisherError
+    from focus_sessions.producing import ProduceError, emit, target
+    from focus_sessions.topics import TopicProvisioningError
 
     if dry_run:
         typer.echo(event.model_dump_json())
@@ -92,7 +92,7 @@ def emit_started(
     dry_run: DryRun = False,
 ) -> None:
     """focus.session.started.v1: a session began."""
-    from producers import events
+    from focus_sessions.producers import events
 
     with _validated():
         event = events.started(user_id, _when(at, "at") or _now(), session_id=session_id,
@@ -110,7 +110,7 @@ def emit_interrupted(
     dry_run: DryRun = False,
 ) -> None:
     """focus.session.interrupted.v1: the user was interrupted."""
-    from producers import events
+    from focus_sessions.producers import events
 
     with _validated():
         event = events.interrupted(user_id, session_id, _when(at, "at") or _now(), reason=reason,
@@ -134,7 +134,7 @@ def emit_ended(
     dry_run: DryRun = False,
 ) -> None:
     """focus.session.ended.v2 (or .v1 with --v1): the session is over."""
-    from producers import events
+    from focus_sessions.producers import events
 
     ended_at = _when(at, "at") or _now()
     if v1 and (outcome is not None or focus_quality is not None):
@@ -163,8 +163,8 @@ def schema(
         "kafka:9092"),
 ) -> None:
     """Write the contract: a JSON Schema per event type and asyncapi.json (AsyncAPI 3.0)."""
-    from contracts.asyncapi import asyncapi_document
-    from contracts.schema import write_event_schemas, write_json
+    from focus_sessions.contracts.asyncapi import asyncapi_document
+    from focus_sessions.contracts.schema import write_event_schemas, write_json
 
     settings = from_environment(CommonSettings)
     paths = write_event_schemas(out)
@@ -186,7 +186,7 @@ def _version() -> str:
 
 def register(app: typer.Typer) -> None:
     """Add ``emit``, ``simulate`` and ``schema`` to the ``focus`` CLI."""
-    from focus.cli_simulate import simulate
+    from focus_sessions.cli_simulate import simulate
 
     app.add_typer(emit_app, name="emit")
     app.command()(simulate)

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from consumers.backoff import Backoff
-from focus.api.cache import AnalyticsCache
-from projections import notify
-from projections.queries import ReadQueries
+from focus_sessions.api.cache import AnalyticsCache
+from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.projections import notify
+from focus_sessions.projections.queries import ReadQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -2,7 +2,8 @@
 
 Only ``GET /users/{user_id}/analytics`` without a query string, for a user the cache holds, by a
 caller whose token may read that user, is answered here, with the bytes the route itself built
-(:class:`focus.api.cache.AnalyticsCache`). Everything else (a miss, a missing, bad or expired
+(:class:`focus_sessions.api.cache.AnalyticsCache`). Everything else (a miss, a missing, bad or
+expired
 token, another user's token, a query string, any other route) goes on to FastAPI unchanged,
 which validates, authenticates and answers as it always does. So this layer can only turn a
 request FastAPI would answer ``200`` into the same ``200``, sooner: a request costs about a
@@ -16,8 +17,8 @@ from typing import Any
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from focus.api.auth import TokenVerifier, bearer_credentials
-from focus.api.cache import AnalyticsCache
+from focus_sessions.api.auth import TokenVerifier, bearer_credentials
+from focus_sessions.api.cache import AnalyticsCache
 
 _PREFIX, _SUFFIX = "/users/", "/analytics"
 _CONTENT_TYPE = (b"content-type", b"application/json")

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from consumers.backoff import Backoff
-from consumers.projector import Projector
-from focus.settings import ProjectorSettings
-from projections.repository import ProjectionRepository
+from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.consumers.projector import Projector
+from focus_sessions.projections.repository import ProjectionRepository
+from focus_sessions.settings import ProjectorSettings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def build_projector(settings: ProjectorSettings, schema: str = "public") -> Proj
     """A projector wired to the settings' broker and database (not started)."""
     url, kafka = settings.database_url, settings.kafka_bootstrap_servers
     if not (url and kafka):
-        raise ValueError("build_projector needs resolved settings (focus.servers.resolved)")
+        raise ValueError(
+            "build_projector needs resolved settings (focus_sessions.servers.resolved)")
 
     async def connect() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=5)

@@ -17,7 +17,13 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from projections.queries import DayBucket, Freshness, SessionRecord, UserTotals, WeekBucket
+from focus_sessions.projections.queries import (
+    DayBucket,
+    Freshness,
+    SessionRecord,
+    UserTotals,
+    WeekBucket,
+)
 
 #: The rule of :func:`figure`, quoted in the Field descriptions (and in docs/api.md).
 ROUNDED = "Rounded once to 4 decimal places (half up) from the exact stored values."

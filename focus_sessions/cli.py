@@ -14,14 +14,15 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from focus.settings import ProjectorSettings, from_environment
+from focus_sessions.settings import ProjectorSettings, from_environment
 
 # The areas' commands, by the module whose ``register(app)`` adds them. A command imports only
 # its own area: `focus project` loads no FastAPI, uvicorn or API code (tests/unit/test_cli.py).
 AREAS = {
-    "api": "focus.cli_api", "token": "focus.cli_api",
-    "emit": "focus.cli_produce", "simulate": "focus.cli_produce", "schema": "focus.cli_produce",
-    "replay": "focus.cli_replay", "verify": "focus.cli_replay",
+    "api": "focus_sessions.cli_api", "token": "focus_sessions.cli_api",
+    "emit": "focus_sessions.cli_produce", "simulate": "focus_sessions.cli_produce",
+    "schema": "focus_sessions.cli_produce",
+    "replay": "focus_sessions.cli_replay", "verify": "focus_sessions.cli_replay",
 }
 # A click command as typer builds it (recent typer vendors its own click, older ones use click)
 Command = Any
@@ -74,8 +75,8 @@ app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics
 @app.command()
 def migrate() -> None:
     """Apply pending SQL migrations (safe to run from several processes at once)."""
-    from focus.migrate import migrate as run
-    from focus.servers import database_url
+    from focus_sessions.migrate import migrate as run
+    from focus_sessions.servers import database_url
 
     applied = run(database_url(from_environment(ProjectorSettings)))
     typer.echo(f"applied {len(applied)} migration(s): "
@@ -93,8 +94,8 @@ def project(
 
     With more than one process this one supervises that many projectors on this machine.
     """
-    from focus.servers import resolved
-    from focus.workers import LOG_FORMAT
+    from focus_sessions.servers import resolved
+    from focus_sessions.workers import LOG_FORMAT
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = resolved(from_environment(ProjectorSettings) if processes is None else
@@ -109,7 +110,7 @@ def project(
 
 
 async def _project(settings: ProjectorSettings) -> None:
-    from focus.bootstrap import build_projector, run_projector, stop_on_signals
+    from focus_sessions.bootstrap import build_projector, run_projector, stop_on_signals
 
     stopping = stop_on_signals()
     await _prepare(settings)
@@ -117,8 +118,8 @@ async def _project(settings: ProjectorSettings) -> None:
 
 
 def _supervise(settings: ProjectorSettings) -> int:
-    """Start-up checks once, then the workers (:mod:`focus.workers`); the exit status."""
-    from focus.workers import StopRequest, supervise, worker_commands, worker_environment
+    """Start-up checks once, then the workers (:mod:`focus_sessions.workers`); the exit status."""
+    from focus_sessions.workers import StopRequest, supervise, worker_commands, worker_environment
 
     stop = StopRequest().on_signals()  # a stop meanwhile reaches the workers once they start
     asyncio.run(_prepare(settings))  # its threads end with it: the supervisor then has none
@@ -127,7 +128,7 @@ def _supervise(settings: ProjectorSettings) -> int:
 
 
 async def _prepare(settings: ProjectorSettings) -> None:
-    from focus.topics import ensure_topics, wait_for_broker
+    from focus_sessions.topics import ensure_topics, wait_for_broker
 
     assert settings.kafka_bootstrap_servers is not None
     await wait_for_broker(settings.kafka_bootstrap_servers)
@@ -148,9 +149,9 @@ def dev(
     Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL the broker and PostgreSQL are embedded
     (pip packages, no Docker); with them, those servers are used instead.
     """
-    from focus.dev import run
-    from focus.embedded import EmbeddedServerError, require_packages
-    from focus.settings import CommonSettings
+    from focus_sessions.dev import run
+    from focus_sessions.embedded import EmbeddedServerError, require_packages
+    from focus_sessions.settings import CommonSettings
 
     settings = from_environment(CommonSettings)
     try:

@@ -39,7 +39,7 @@ class MigrationError(RuntimeError):
 def available() -> list[Migration]:
     """Every migration shipped in the ``migrations`` package, ordered by version."""
     found = []
-    for entry in resources.files("migrations").iterdir():
+    for entry in resources.files("focus_sessions.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

@@ -33,10 +33,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
-from contracts.events import CloudEvent
-from focus.api.cache import AnalyticsCache
-from producers.http import BrokerUnavailable, KafkaWriter, Published
-from projections.queries import ReadQueries
+from focus_sessions.api.cache import AnalyticsCache
+from focus_sessions.contracts.events import CloudEvent
+from focus_sessions.producers.http import BrokerUnavailable, KafkaWriter, Published
+from focus_sessions.projections.queries import ReadQueries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
-from focus.settings import CommonSettings
+from focus_sessions.settings import CommonSettings
 
 S = TypeVar("S", bound=CommonSettings)
 STATE_FILE = "dev.json"

@@ -1,13 +1,14 @@
 """The app factory: ``create_app(settings)`` builds the API; nothing connects at import time.
 
 Connections open in the lifespan: the PostgreSQL pool (unless one is passed in), the analytics
-cache's LISTEN connection (:mod:`focus.api.listener`) and, lazily on the first write, the Kafka
+cache's LISTEN connection (:mod:`focus_sessions.api.listener`) and, lazily on the first write, the
+Kafka
 producer, so the read side serves even while Kafka is down.
 
 Bounds (see docs/api.md): a body over ``FOCUS_API_MAX_BODY_BYTES`` is refused unread
-(:mod:`focus.api.limits`); every PostgreSQL use ends within ``FOCUS_API_DB_TIMEOUT_MS`` and
-every publish within ``FOCUS_API_PUBLISH_TIMEOUT_MS`` (:mod:`focus.api.deps`); errors are
-answered by :mod:`focus.api.errors`.
+(:mod:`focus_sessions.api.limits`); every PostgreSQL use ends within ``FOCUS_API_DB_TIMEOUT_MS`` and
+every publish within ``FOCUS_API_PUBLISH_TIMEOUT_MS`` (:mod:`focus_sessions.api.deps`); errors are
+answered by :mod:`focus_sessions.api.errors`.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ from fastapi.responses import JSONResponse
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.asyncapi import asyncapi_document
-from focus import bootstrap
-from focus.api import errors, models, reads, writes
-from focus.api.auth import SCOPES, TokenVerifier
-from focus.api.cache import AnalyticsCache
-from focus.api.deps import DATABASE_ERRORS, Database, Services, Svc, json_response
-from focus.api.fastpath import CachedAnalytics
-from focus.api.limits import BodyLimit
-from focus.api.listener import listen
-from focus.api.settings import ApiSettings
-from producers.http import KafkaWriter
-from projections.queries import ReadQueries
+from focus_sessions import bootstrap
+from focus_sessions.api import errors, models, reads, writes
+from focus_sessions.api.auth import SCOPES, TokenVerifier
+from focus_sessions.api.cache import AnalyticsCache
+from focus_sessions.api.deps import DATABASE_ERRORS, Database, Services, Svc, json_response
+from focus_sessions.api.fastpath import CachedAnalytics
+from focus_sessions.api.limits import BodyLimit
+from focus_sessions.api.listener import listen
+from focus_sessions.api.settings import ApiSettings
+from focus_sessions.contracts.asyncapi import asyncapi_document
+from focus_sessions.producers.http import KafkaWriter
+from focus_sessions.projections.queries import ReadQueries
 
 DESCRIPTION = """Pomodoro focus sessions, event-sourced: writes publish events to Kafka, reads
 serve the PostgreSQL projections. Every read says how fresh the projection is.
@@ -54,7 +55,7 @@ def create_app(
     uses them and leaves closing them to the caller. Otherwise it owns what it builds."""
     if not (settings.database_url and settings.kafka_bootstrap_servers):
         raise ValueError("create_app needs resolved settings: DATABASE_URL and "
-                         "KAFKA_BOOTSTRAP_SERVERS (focus.servers.resolved fills them in)")
+                         "KAFKA_BOOTSTRAP_SERVERS (focus_sessions.servers.resolved fills them in)")
     database_url, kafka = settings.database_url, settings.kafka_bootstrap_servers
     db_timeout_ms = settings.focus_api_db_timeout_ms
 
@@ -146,7 +147,8 @@ async def healthz(svc: Svc) -> Response:
 
 def _with_statement_timeout(url: str, timeout_ms: int) -> str:
     """The URL's libpq ``options`` plus a server-side ``statement_timeout``: a slow server ends
-    a statement itself (a hung one never does: :class:`focus.api.deps.Database` covers that)."""
+    a statement itself (a hung one never does: :class:`focus_sessions.api.deps.Database` covers
+    that)."""
     given = str(conninfo_to_dict(url).get("options") or "")
     return f"{given} -c statement_timeout={timeout_ms}".strip()
 

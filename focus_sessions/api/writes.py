@@ -22,12 +22,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Response, status
 
-from contracts.events import MAX_SESSION
-from focus.api import models
-from focus.api.auth import SELF, WRITE, Caller, Principal, forbid_unless, require_any
-from focus.api.deps import DATABASE_ERRORS, Services, Svc, json_response
-from focus.api.reads import invalid
-from producers.http import (
+from focus_sessions.api import models
+from focus_sessions.api.auth import SELF, WRITE, Caller, Principal, forbid_unless, require_any
+from focus_sessions.api.deps import DATABASE_ERRORS, Services, Svc, json_response
+from focus_sessions.api.reads import invalid
+from focus_sessions.contracts.events import MAX_SESSION
+from focus_sessions.producers.http import (
     FocusSessionCreate,
     FocusSessionUpdate,
     IdempotencyKey,
@@ -38,7 +38,7 @@ from producers.http import (
     interruption_event,
     start_event,
 )
-from projections.queries import SessionRecord
+from focus_sessions.projections.queries import SessionRecord
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["write"])
@@ -154,7 +154,7 @@ async def _writable(svc: Services, caller: Principal, session_id: UUID) -> Sessi
 def _within_longest(found: SessionRecord, name: str, given: datetime | None,
                     now: datetime) -> None:
     """422 naming ``name`` unless the time lies within the longest session after the start
-    (``contracts.events.MAX_SESSION``, as the projector checks it)."""
+    (``focus_sessions.contracts.events.MAX_SESSION``, as the projector checks it)."""
     latest = found.started_at + MAX_SESSION
     start = found.started_at.isoformat()
     if given is not None and given > latest:

@@ -12,9 +12,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.exceptions import RequestValidationError
 from psycopg import AsyncConnection
 
-from contracts.events import TimeZone, UserId
-from focus.api import models
-from focus.api.auth import (
+from focus_sessions.api import models
+from focus_sessions.api.auth import (
     ANALYTICS,
     SECURED,
     SELF,
@@ -23,8 +22,9 @@ from focus.api.auth import (
     forbid_unless,
     require_any,
 )
-from focus.api.deps import Services, json_response
-from projections.queries import Cursor
+from focus_sessions.api.deps import Services, json_response
+from focus_sessions.contracts.events import TimeZone, UserId
+from focus_sessions.projections.queries import Cursor
 
 router = APIRouter(tags=["read"])
 MAX_DAYS = 366

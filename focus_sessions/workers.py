@@ -3,7 +3,7 @@
 One projector is CPU-bound in one Python process; N workers in the same consumer group use N
 cores, and the compare-and-set positions keep them as safe as N separate replicas.
 
-Workers are subprocesses (``python -m focus.workers NAME SUPERVISOR_PID``), not
+Workers are subprocesses (``python -m focus_sessions.workers NAME SUPERVISOR_PID``), not
 ``multiprocessing`` children: each is a plain interpreter running what ``focus project`` runs
 (``build_projector``, ``run_projector``, ``stop_on_signals``) with the settings from its
 environment, as a replica a service manager starts would; nothing is pickled, the supervisor's
@@ -41,9 +41,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 
-from focus.settings import ProjectorSettings, from_environment
+from focus_sessions.settings import ProjectorSettings, from_environment
 
-log = logging.getLogger("focus.workers")  # also when run as __main__ (the workers)
+log = logging.getLogger("focus_sessions.workers")  # also when run as __main__ (the workers)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: How long stopped workers get to finish their batch before they are killed (gunicorn's
@@ -58,7 +58,7 @@ PR_SET_PDEATHSIG = 1
 
 def worker_commands(processes: int, supervisor_pid: int) -> dict[str, list[str]]:
     """The command line of each worker, by name (``worker-1`` ...)."""
-    return {f"worker-{n}": [sys.executable, "-m", "focus.workers", f"worker-{n}",
+    return {f"worker-{n}": [sys.executable, "-m", "focus_sessions.workers", f"worker-{n}",
                             str(supervisor_pid)] for n in range(1, processes + 1)}
 
 
@@ -174,7 +174,7 @@ def die_with(supervisor_pid: int) -> bool:
 
 async def run_worker(settings: ProjectorSettings) -> None:
     """What ``focus project`` runs after its start-up checks, which the supervisor did once."""
-    from focus.bootstrap import build_projector, run_projector, stop_on_signals
+    from focus_sessions.bootstrap import build_projector, run_projector, stop_on_signals
 
     stopping = stop_on_signals()
     await run_projector(build_projector(settings), stopping)

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from focus.api.deps import DATABASE_ERRORS, DatabaseTimeout, PublishFailed
+from focus_sessions.api.deps import DATABASE_ERRORS, DatabaseTimeout, PublishFailed
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The analytics cache: a user's all-time analytics, kept as JSON bytes, coherent with the
-projection through the writers' change notices (:mod:`projections.notify`).
+projection through the writers' change notices (:mod:`focus_sessions.projections.notify`).
 
-An entry is dropped no later than the listener (:mod:`focus.api.listener`) reads the notice of
+An entry is dropped no later than the listener (:mod:`focus_sessions.api.listener`) reads the
+notice of
 a commit that changed its user; a flush notice, a lost listener connection or the entry's age
 (``ttl_seconds``, for writes that send no notice, such as an edit by hand) drops it too. So an
 entry is never staler than the notices the process has not read yet, the same delay a reader of
@@ -21,9 +22,9 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from focus.api import models
-from projections.notify import Notice
-from projections.queries import Freshness, Position
+from focus_sessions.api import models
+from focus_sessions.projections.notify import Notice
+from focus_sessions.projections.queries import Freshness, Position
 
 _FRESHNESS_KEY = b',"freshness":'
 
