@@ -11,8 +11,7 @@ delivers it exactly when (and only if) the write commits, in commit order:
   and reads the positions again.
 
 The API's analytics cache (``focus_sessions.api.cache``) is the reader. A notice names its schema,
-so
-writes into a replay's shadow tables never disturb the live readers.
+so writes into a replay's shadow tables never disturb the live readers.
 """
 
 from __future__ import annotations

