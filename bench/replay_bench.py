@@ -43,8 +43,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
 from focus_sessions.bootstrap import build_projector, producer, run_projector  # noqa: E402
-from focus_sessions.consumers.replay import Replayer  # noqa: E402
-from focus_sessions.consumers.replay_follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
+from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
+from focus_sessions.consumers.replay.replayer import Replayer  # noqa: E402
 from focus_sessions.contracts.codec import encode  # noqa: E402
 from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from focus_sessions.migrate import migrate  # noqa: E402

@@ -26,7 +26,7 @@ from rich.text import Text
 from focus_sessions.settings import ProjectorSettings, from_environment
 
 if TYPE_CHECKING:
-    from focus_sessions.consumers.replay import ReplayReport
+    from focus_sessions.consumers.replay.replayer import ReplayReport
     from focus_sessions.projections.verify import VerifyReport
 
 console = Console(stderr=True)
@@ -76,8 +76,8 @@ def replay(
                                                "focus_retired_<time> schema.")] = False,
 ) -> None:
     """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
-    from focus_sessions.consumers.replay import Replayer
-    from focus_sessions.consumers.replay_follow import ReplayOptions, default_workers
+    from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers
+    from focus_sessions.consumers.replay.replayer import Replayer
     from focus_sessions.migrate import migrate
     from focus_sessions.servers import resolved
 
@@ -155,7 +155,7 @@ def verify(
 async def _verify(settings: ProjectorSettings, examples: int) -> tuple[VerifyReport, str | None]:
     from aiokafka.errors import KafkaError
 
-    from focus_sessions.consumers.replay_follow import topic_log_ends
+    from focus_sessions.consumers.replay.follow import topic_log_ends
     from focus_sessions.projections.verify import verify as run
 
     assert settings.kafka_bootstrap_servers

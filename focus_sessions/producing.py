@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from focus_sessions.bootstrap import producer
 from focus_sessions.contracts.events import CloudEvent
-from focus_sessions.producers.bulk import BulkResult, publish_pairs
+from focus_sessions.producers.bulk import Published, publish_pairs
 from focus_sessions.producers.publisher import Publisher, Receipt
 from focus_sessions.producers.simulate import Simulation
 from focus_sessions.settings import CommonSettings
@@ -110,7 +110,7 @@ async def simulate(where: Target, simulation: Simulation, *, rate: float | None,
     kafka = producer(where.bootstrap_servers, request_timeout_ms=int(max(30, where.timeout) * 1000))
     await kafka.start()
     try:
-        result: BulkResult = await publish_pairs(kafka, where.topic, simulation, rate=rate,
+        result: Published = await publish_pairs(kafka, where.topic, simulation, rate=rate,
                                                  progress=progress)
     finally:
         await kafka.stop()

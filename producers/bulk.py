@@ -21,7 +21,7 @@ from aiokafka.partitioner import murmur2
 
 
 @dataclass(frozen=True, slots=True)
-class BulkResult:
+class Published:
     events: int
     bytes: int
     seconds: float
@@ -46,7 +46,7 @@ async def publish_pairs(
     rate: float | None = None,
     progress: Callable[[int], None] | None = None,
     progress_every: int = 5000,
-) -> BulkResult:
+) -> Published:
     """Send every pair and wait until all are acknowledged (``acks`` as ``producer`` has it).
 
     ``rate`` caps events per second (None: as fast as possible); ``progress(n)`` is called with
@@ -97,4 +97,4 @@ async def publish_pairs(
     await asyncio.gather(*in_flight)
     if progress is not None and sent > reported:
         progress(sent - reported)
-    return BulkResult(sent, size, time.perf_counter() - started, per_partition)
+    return Published(sent, size, time.perf_counter() - started, per_partition)

@@ -25,7 +25,7 @@ from schemathesis import GenerationMode
 
 from focus_sessions.api import create_app
 from focus_sessions.api.auth import ANALYTICS, WRITE
-from focus_sessions.consumers.replay_follow import topic_log_ends
+from focus_sessions.consumers.replay.follow import topic_log_ends
 from focus_sessions.embedded import free_port, run_coroutine_sync
 from focus_sessions.migrate import migrate
 from tests.integration.api_harness import api_settings, token

@@ -16,8 +16,8 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from focus_sessions.consumers.replay import Replayer
-from focus_sessions.consumers.replay_follow import ReplayOptions
+from focus_sessions.consumers.replay.follow import ReplayOptions
+from focus_sessions.consumers.replay.replayer import Replayer
 from focus_sessions.contracts import topics as t
 from focus_sessions.contracts.events import WIRE_TYPES, CloudEvent
 from focus_sessions.contracts.schema import event_schema

@@ -11,9 +11,9 @@ import pytest
 from psycopg import sql
 
 from focus_sessions.bootstrap import producer
-from focus_sessions.consumers import replay_pool
-from focus_sessions.consumers.replay import Replayer, ReplayReport
-from focus_sessions.consumers.replay_follow import ReplayOptions, topic_log_ends
+from focus_sessions.consumers.replay import pool as replay_pool
+from focus_sessions.consumers.replay.follow import ReplayOptions, topic_log_ends
+from focus_sessions.consumers.replay.replayer import Replayer, ReplayReport
 from focus_sessions.contracts.codec import encode
 from focus_sessions.contracts.events import CloudEvent
 from focus_sessions.migrate import migrate

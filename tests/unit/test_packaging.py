@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The repository's folders that the wheel installs (under ``focus_sessions``).
+MAPPED = ("focus_sessions", "contracts", "producers", "consumers", "projections", "migrations")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,13 @@ def test_the_wheel_claims_one_top_level_name(wheel: Path) -> None:
     for folder in ("contracts", "producers", "consumers", "projections", "migrations", "api"):
         assert f"focus_sessions/{folder}/__init__.py" in names
     assert any(re.fullmatch(r"focus_sessions/migrations/\d{4}_\w+\.sql", n) for n in names)
+    # and every package of the repository (pyproject lists them: a new one must be added there)
+    tracked = subprocess.run(["git", "ls-files", "*__init__.py"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for init in tracked:
+        if init.split("/")[0] in MAPPED:
+            inside = init if init.startswith("focus_sessions/") else f"focus_sessions/{init}"
+            assert inside in names, f"{init} is not in the wheel: add its package to pyproject"
 
 
 def test_the_documented_imports_work_next_to_a_users_own_contracts_package(

@@ -10,12 +10,12 @@ from uuid import uuid4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from focus_sessions.consumers.replay.memory import Rollups, ShadowState, build, state_of
 from focus_sessions.contracts.codec import decode, encode
 from focus_sessions.producers import events as ev
 from focus_sessions.projections import weekly
 from focus_sessions.projections.batch import Located, plan
 from focus_sessions.projections.fold import derive
-from focus_sessions.projections.replay import Rollups, ShadowState, build, fold
 from focus_sessions.projections.repository import event_record, session_record
 from tests.support.stream import stream
 from tests.unit.histories import T0, minutes
@@ -107,11 +107,11 @@ def test_sessions_split_over_two_workers_fold_to_the_single_pass_result():
         out = build(worker, event_record, session_record)
         merged.merge(out.rollups)
         rows += out.sessions
-    whole = build(fold(handed_back), event_record, session_record)  # the coordinator's part
+    whole = build(state_of(handed_back), event_record, session_record)  # the coordinator's part
     merged.merge(whole.rollups)
     rows += whole.sessions
 
-    single = build(fold((e, 0, i) for i, e in enumerate(events)), event_record, session_record)
+    single = build(state_of((e, 0, i) for i, e in enumerate(events)), event_record, session_record)
     assert sorted(rows) == sorted(single.sessions)
     assert list(merged.user_records()) == list(single.rollups.user_records())
     assert merged.weeks == single.rollups.weeks

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from focus_sessions.consumers import replay_pool
+from focus_sessions.consumers.replay import pool as replay_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_a_worker_finds_the_main_scripts_imports_already_loaded(tmp_path):
     (tmp_path / "main.py").write_text(textwrap.dedent("""
         import json, os
         from marker import main  # as a console script imports its entry point
-        from focus_sessions.consumers import replay_pool
+        from focus_sessions.consumers.replay import pool as replay_pool
 
         def report(queue):
             import marker

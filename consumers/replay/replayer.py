@@ -1,12 +1,12 @@
 """``focus replay``: rebuild the read models from the log into shadow tables, diff, swap.
 
 1. **Bulk**: worker processes read every partition from offset 0 to the end offsets captured at
-   start (``--users``: to the live positions) into a fresh shadow schema (:mod:`.replay_pool`).
+   start (``--users``: to the live positions) into a fresh shadow schema (:mod:`.pool`).
 2. **Catch-up**: the shadow follows the live positions with the live projector's own code path
    (:func:`focus_sessions.projections.batch.plan` + :class:`ProjectionRepository` on the shadow
    schema).
 3. **Diff**: in one REPEATABLE READ snapshot, the shadow is brought to exactly the live
-   positions and compared table by table (:mod:`focus_sessions.projections.replay_diff`).
+   positions and compared table by table (:mod:`focus_sessions.consumers.replay.compare`).
 4. **Swap**: one transaction locks the live tables, catches the shadow up to the live positions,
    and moves the shadow tables in (``--users``: replaces only those users' rows). Positions move
    with the tables: the live projector continues from the shadow's positions, or is fenced by its
@@ -26,12 +26,13 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from focus_sessions.consumers.replay_bulk import BulkSpec
-from focus_sessions.consumers.replay_follow import Follower, ReplayOptions, ReplayProgress, Silent
-from focus_sessions.consumers.replay_pool import deal, run_pool, warm_up
-from focus_sessions.projections import notify, replay_sql
-from focus_sessions.projections.replay import build, fold
-from focus_sessions.projections.replay_diff import ReplayDiff, diff
+from focus_sessions.consumers.replay import shadow_sql
+from focus_sessions.consumers.replay.bulk import BulkSpec
+from focus_sessions.consumers.replay.compare import ReplayDiff, diff
+from focus_sessions.consumers.replay.follow import Follower, ReplayOptions, ReplayProgress, Silent
+from focus_sessions.consumers.replay.memory import build, state_of
+from focus_sessions.consumers.replay.pool import deal, run_pool, warm_up
+from focus_sessions.projections import notify
 from focus_sessions.projections.repository import event_record, session_record
 
 #: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
@@ -110,18 +111,18 @@ class Replayer:
         """Fresh shadow schema, then every partition read to its end offset by the workers."""
         o = self.options
         async with await self._connect() as conn:
-            if "projector_positions" not in await replay_sql.tables(conn, o.live):
+            if "projector_positions" not in await shadow_sql.tables(conn, o.live):
                 raise ReplayError(f"schema {o.live!r} has no read-model tables: run "
                                   "`focus migrate` first")
         warm_up()  # the workers' process server imports while the shadow schema is made
         await self._drop(o.shadow)
         await asyncio.to_thread(self.migrate, o.url, o.shadow)
         async with await self._connect() as conn:
-            indexes = await replay_sql.strip_indexes(conn, o.shadow)
+            indexes = await shadow_sql.strip_indexes(conn, o.shadow)
         ends = await self.follow.log_ends()
         if o.users is not None:  # never ahead of live: the live projector keeps these users
             async with await self._connect() as conn:
-                live = await replay_sql.positions(conn, o.live, o.topic)
+                live = await shadow_sql.positions(conn, o.live, o.topic)
             ends = {p: min(end, live.get(p, 0)) for p, end in ends.items()}
         self.progress.bulk_started(ends)
         started = time.perf_counter()
@@ -134,11 +135,11 @@ class Replayer:
         await asyncio.gather(*(self._restore(statements) for statements in indexes.values()))
         async with await self._connect() as conn, conn.transaction():
             if merged.shared:
-                out = build(fold(merged.shared), event_record, session_record)
+                out = build(state_of(merged.shared), event_record, session_record)
                 await self.follow.copy(conn, out.events, out.sessions)
                 merged.rollups.merge(out.rollups)
-            await replay_sql.add_rollups(conn, o.shadow, merged.rollups)
-            await replay_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
+            await shadow_sql.add_rollups(conn, o.shadow, merged.rollups)
+            await shadow_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
         r = self.report
         r.bulk_seconds = time.perf_counter() - started
         r.events, r.duplicates = merged.events, merged.duplicates
@@ -147,14 +148,14 @@ class Replayer:
 
     async def _restore(self, statements: list[str]) -> None:
         async with await self._connect() as conn:
-            await replay_sql.restore_indexes(conn, statements)
+            await shadow_sql.restore_indexes(conn, statements)
 
     async def catch_up(self, *, close_enough: int = 2000, rounds: int = 50) -> None:
         """Follow the live positions until the shadow is within ``close_enough`` events."""
         self.progress.phase("catching up with the live projector")
         async with await self._connect() as conn:
             for _ in range(rounds):
-                live = await replay_sql.positions(conn, self.options.live, self.options.topic)
+                live = await shadow_sql.positions(conn, self.options.live, self.options.topic)
                 async with conn.transaction():
                     applied = await self.follow.catch_up(conn, live)
                 self.report.caught_up += applied
@@ -167,13 +168,13 @@ class Replayer:
         self.progress.phase("comparing the shadow with the live tables")
         async with await self._connect() as conn, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            live = await replay_sql.positions(conn, o.live, o.topic)
+            live = await shadow_sql.positions(conn, o.live, o.topic)
             self.report.caught_up += await self.follow.catch_up(conn, live)
-            shadow = await replay_sql.positions(conn, o.shadow, o.topic)
+            shadow = await shadow_sql.positions(conn, o.shadow, o.topic)
             self.report.live_lag = {p: s - live.get(p, 0) for p, s in shadow.items()
                                     if s > live.get(p, 0)}
             users = sorted(o.users) if o.users is not None else None
-            live_tables = await replay_sql.tables(conn, o.live)
+            live_tables = await shadow_sql.tables(conn, o.live)
             names = [n for n in ("focus_sessions", "focus_user_stats", "focus_user_weekly",
                                  "session_events") if n in live_tables]
             return await diff(conn, o.live, o.shadow, users=users, names=names)
@@ -184,9 +185,9 @@ class Replayer:
         self.progress.phase("swapping the shadow tables in")
         retired = f"focus_retired_{datetime.now(UTC):%Y%m%d%H%M%S}"
         async with await self._connect() as conn:
-            names = await replay_sql.tables(conn, o.shadow)
+            names = await shadow_sql.tables(conn, o.shadow)
             if o.users is None:
-                await replay_sql.check_swappable(conn, o.live, o.shadow, names)
+                await shadow_sql.check_swappable(conn, o.live, o.shadow, names)
             for attempt in range(o.lock_attempts):
                 self.report.swap_attempts = attempt + 1
                 try:
@@ -200,7 +201,7 @@ class Replayer:
                     f"could not lock the live tables in {o.lock_attempts} attempts: long "
                     "transactions hold them; end those (pg_stat_activity) and run again"
                 )
-            self.report.positions = await replay_sql.positions(conn, o.live, o.topic)
+            self.report.positions = await shadow_sql.positions(conn, o.live, o.topic)
         self.report.swapped = True
         if o.users is None:
             self.report.retired_schema = retired
@@ -213,21 +214,21 @@ class Replayer:
                            retired: str) -> None:
         o = self.options
         if o.users is None:
-            await replay_sql.lock_live(conn, o.live, names, "ACCESS EXCLUSIVE", o.lock_timeout_ms)
+            await shadow_sql.lock_live(conn, o.live, names, "ACCESS EXCLUSIVE", o.lock_timeout_ms)
         else:  # readers of the per-user tables go on; the projector waits
-            await replay_sql.lock_live(conn, o.live, ["session_events"], "ACCESS EXCLUSIVE",
+            await shadow_sql.lock_live(conn, o.live, ["session_events"], "ACCESS EXCLUSIVE",
                                        o.lock_timeout_ms)
-            await replay_sql.lock_live(conn, o.live, [n for n in names if n != "session_events"],
+            await shadow_sql.lock_live(conn, o.live, [n for n in names if n != "session_events"],
                                        "EXCLUSIVE", o.lock_timeout_ms)
-        live = await replay_sql.positions(conn, o.live, o.topic)
+        live = await shadow_sql.positions(conn, o.live, o.topic)
         self.report.caught_up += await self.follow.catch_up(conn, live)
         if o.users is None:
-            await replay_sql.swap_schemas(conn, o.live, o.shadow, retired, names, o.topic)
+            await shadow_sql.swap_schemas(conn, o.live, o.shadow, retired, names, o.topic)
         else:
-            await replay_sql.swap_users(conn, o.live, o.shadow, sorted(o.users), names)
+            await shadow_sql.swap_users(conn, o.live, o.shadow, sorted(o.users), names)
         # readers' caches of the live tables drop everything once this commits
         await notify.send(conn, notify.flush_notice(o.live))
 
     async def _drop(self, schema: str) -> None:
         async with await self._connect() as conn:
-            await replay_sql.drop_schema(conn, schema)
+            await shadow_sql.drop_schema(conn, schema)

@@ -183,7 +183,7 @@ def build(
     return out
 
 
-def fold(placed: Iterable[Placed]) -> ShadowState:
+def state_of(placed: Iterable[Placed]) -> ShadowState:
     """A fresh state holding ``placed`` (for sessions that spanned several workers)."""
     state = ShadowState()
     for event, partition, offset in placed:

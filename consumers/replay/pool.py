@@ -27,8 +27,8 @@ from multiprocessing.context import ForkServerContext, SpawnContext
 from types import ModuleType
 from typing import Any
 
-from focus_sessions.consumers.replay_bulk import BulkResult, BulkSpec, run_worker
-from focus_sessions.projections.replay import Placed, Rollups
+from focus_sessions.consumers.replay.bulk import BulkSpec, WorkerResult, run_worker
+from focus_sessions.consumers.replay.memory import Placed, Rollups
 
 OnProgress = Callable[[Mapping[int, int]], None]
 #: What a worker reports having read: its session ids (16 bytes each, concatenated) and the
@@ -54,7 +54,7 @@ def _context() -> SpawnContext | ForkServerContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["focus_sessions.consumers.replay_bulk", *main_imports()])
+    ctx.set_forkserver_preload(["focus_sessions.consumers.replay.bulk", *main_imports()])
     return ctx
 
 
@@ -120,7 +120,7 @@ async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> Mer
     merged = Merged()
     offsets: dict[int, int] = {}
     seen: dict[int, Seen] = {}
-    results: dict[int, BulkResult] = {}
+    results: dict[int, WorkerResult] = {}
     while len(results) < len(pipes):
         message = False
         for i, pipe in enumerate(pipes):

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-from focus_sessions.projections.replay import Rollups
+from focus_sessions.consumers.replay.memory import Rollups
 from focus_sessions.projections.repository import apply_user_deltas
 from focus_sessions.projections.weekly_store import apply_weekly
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection
 
+from focus_sessions.consumers.replay import shadow_sql
 from focus_sessions.contracts.codec import PoisonEvent
-from focus_sessions.projections import replay_sql
 from focus_sessions.projections.batch import Located, plan, session_ids
 from focus_sessions.projections.repository import (
     SESSION_COLUMNS,
@@ -168,7 +168,7 @@ class Follower:
     async def unstorable(self, conn: AsyncConnection[Any]) -> set[tuple[int, int]]:
         """Positions of the events the live projector recorded as unstorable (it skipped them:
         so does the replay). Read after the live positions, it covers every event below them."""
-        if "unstorable_events" not in await replay_sql.tables(conn, self.options.live):
+        if "unstorable_events" not in await shadow_sql.tables(conn, self.options.live):
             return set()  # a live schema from before migration 0003
         return await self.live.unstorable_positions(conn, self.options.topic)
 
@@ -176,7 +176,7 @@ class Follower:
         """Apply the log from the shadow's positions up to ``targets``, in the caller's
         transaction; return how many records were read."""
         topic = self.options.topic
-        current = await replay_sql.positions(conn, self.options.shadow, topic)
+        current = await shadow_sql.positions(conn, self.options.shadow, topic)
         need = {p: t for p, t in targets.items() if t > current.get(p, 0) and p in current}
         if not need:
             return 0
@@ -240,7 +240,7 @@ class Follower:
             ):
                 if not rows:
                     continue
-                async with cur.copy(replay_sql.copy_statement(self.options.shadow, table,
+                async with cur.copy(shadow_sql.copy_statement(self.options.shadow, table,
                                                               columns)) as copy:
                     copy.set_types(types)
                     for row in rows:

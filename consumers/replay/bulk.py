@@ -3,7 +3,7 @@
 Decoding and folding (~10 µs an event, ~4 of it decoding) dominate, so each worker process owns
 a share of the partitions: it reads them with manual assignment up to the end offsets captured
 when the replay started, folds everything in memory
-(:class:`focus_sessions.projections.replay.ShadowState`)
+(:class:`focus_sessions.consumers.replay.memory.ShadowState`)
 and bulk loads its sessions and its users' rollups with binary COPY. Sessions whose events sit on
 partitions of *different* workers (only possible when events of one session name different
 users, or after partitions were added) are handed back to the coordinator, which folds them
@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from focus_sessions.consumers.replay.memory import Placed, Rollups, ShadowState, build
+from focus_sessions.consumers.replay.shadow_sql import copy_statement
 from focus_sessions.contracts.codec import PoisonEvent
-from focus_sessions.projections.replay import Placed, Rollups, ShadowState, build
-from focus_sessions.projections.replay_sql import copy_statement
 from focus_sessions.projections.repository import (
     SESSION_COLUMNS,
     SESSION_EVENT_COLUMNS,
@@ -60,7 +60,7 @@ class BulkSpec:
 
 
 @dataclass(slots=True)
-class BulkResult:
+class WorkerResult:
     shared: list[Placed] = field(default_factory=list)
     rollups: Rollups = field(default_factory=Rollups)
     events: int = 0
@@ -90,8 +90,8 @@ def run_worker(spec: BulkSpec, pipe: Connection) -> None:
         pipe.close()
 
 
-async def _read(spec: BulkSpec, pipe: Connection) -> tuple[ShadowState, BulkResult]:
-    state, result = ShadowState(), BulkResult()
+async def _read(spec: BulkSpec, pipe: Connection) -> tuple[ShadowState, WorkerResult]:
+    state, result = ShadowState(), WorkerResult()
     todo = {p: spec.ends[p] for p in spec.partitions if spec.ends[p] > 0}
     if not todo:
         return state, result
@@ -113,7 +113,7 @@ async def _read(spec: BulkSpec, pipe: Connection) -> tuple[ShadowState, BulkResu
 
 async def _consume(
     consumer: AIOKafkaConsumer, spec: BulkSpec, todo: dict[int, int], state: ShadowState,
-    result: BulkResult, pipe: Connection,
+    result: WorkerResult, pipe: Connection,
 ) -> None:
     users, skip = spec.users, spec.skip
     keys = None if users is None else {u.encode() for u in users}
