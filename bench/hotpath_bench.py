@@ -36,7 +36,7 @@ from focus_sessions.contracts.codec import decode_message as contract_decode  # 
 from focus_sessions.producers.bulk import partition_for  # noqa: E402
 from focus_sessions.producers.simulate import generate  # noqa: E402
 from focus_sessions.projections.batch import plan  # noqa: E402
-from focus_sessions.projections.repository import (  # noqa: E402
+from focus_sessions.projections.readmodels.sessions import (  # noqa: E402
     SESSION_EVENT_TYPES,
     SESSION_TYPES,
     event_record,

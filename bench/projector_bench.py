@@ -69,7 +69,7 @@ from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E40
 from focus_sessions.migrate import migrate  # noqa: E402
 from focus_sessions.producers.bulk import publish_pairs  # noqa: E402
 from focus_sessions.producers.simulate import generate  # noqa: E402
-from focus_sessions.projections.verify_sql import rollup_check  # noqa: E402
+from focus_sessions.projections.readmodels.user_totals import mismatches as rollup_check  # noqa: E402
 from focus_sessions.settings import ProjectorSettings  # noqa: E402
 from focus_sessions.topics import ensure_topics  # noqa: E402
 

@@ -20,10 +20,8 @@ from focus_sessions.projections.fold import (
     conflict,
     derive,
 )
-from focus_sessions.projections.rollups import UserDelta
-from focus_sessions.projections.weekly import WeekDelta, WeekKey
-from focus_sessions.projections.weekly import accumulate as add_weeks
-from focus_sessions.projections.weekly import delta as week_delta
+from focus_sessions.projections.readmodels import ROLLUPS, user_totals
+from focus_sessions.projections.readmodels.base import Sums
 from focus_sessions.projections.wire import AnyEvent
 
 
@@ -60,8 +58,8 @@ class Plan:
     new_rows: list[SessionRow] = field(default_factory=list)
     #: ... and rows that replace an existing one.
     changed_rows: list[SessionRow] = field(default_factory=list)
-    deltas: dict[str, UserDelta] = field(default_factory=dict)
-    weekly: dict[WeekKey, WeekDelta] = field(default_factory=dict)
+    #: Each rollup's deltas (:data:`focus_sessions.projections.readmodels.ROLLUPS`), by name.
+    rollups: dict[str, Sums] = field(default_factory=lambda: {r.name: {} for r in ROLLUPS})
     contradictions: list[Contradiction] = field(default_factory=list)
     histories: dict[UUID, History] = field(default_factory=dict)
     duplicates: int = 0
@@ -70,6 +68,11 @@ class Plan:
     def rows(self) -> list[SessionRow]:
         """Every row this batch writes, new or changed."""
         return self.new_rows + self.changed_rows
+
+    @property
+    def users(self) -> list[str]:
+        """The users whose rows this batch changes (every row change moves their totals)."""
+        return list(self.rollups[user_totals.MODEL.name])
 
 
 def session_ids(batch: Iterable[Located]) -> list[UUID]:
@@ -134,22 +137,9 @@ def _diff(
     if new.row != old.row:
         assert new.row is not None  # a session never loses its start
         (out.new_rows if old.row is None else out.changed_rows).append(new.row)
-        user = new.row.user_id
-        if old.row is not None and old.row.user_id != user:
-            # an earlier start by another user won the session: it leaves one user's rollup
-            # and joins the other's
-            _user_delta(out, old.row.user_id).remove(old.row)
-            _user_delta(out, user).add(None, new.row)
-        else:
-            _user_delta(out, user).add(old.row, new.row)
-        add_weeks(out.weekly, week_delta(old.row, new.row))
-
-
-def _user_delta(out: Plan, user: str) -> UserDelta:
-    found = out.deltas.get(user)
-    if found is None:
-        found = out.deltas[user] = UserDelta()
-    return found
+        sums = out.rollups
+        for rollup in ROLLUPS:
+            rollup.change(sums[rollup.name], old.row, new.row)
 
 
 _NOTHING = Derived(None, {}, {})

@@ -16,6 +16,7 @@ from uuid import UUID
 from psycopg import AsyncConnection, sql
 
 from focus_sessions.projections.fold import SessionRow
+from focus_sessions.projections.readmodels import POSITIONS, daily, sessions, user_totals, weekly
 
 SESSION_FIELDS = (
     "session_id", "user_id", "step_id", "started_at", "ended_at", "duration_minutes",
@@ -107,6 +108,19 @@ class DayBucket:
 
 
 @dataclass(frozen=True, slots=True)
+class OrgDay:
+    """A row of ``focus_daily_totals``: every user's sessions that started on the UTC day."""
+
+    day: date
+    active_users: int
+    sessions_started: int
+    sessions_ended: int
+    sessions_completed: int
+    focus_seconds: Decimal
+    interruptions: int
+
+
+@dataclass(frozen=True, slots=True)
 class WeekBucket:
     """A row of ``focus_user_weekly``: ended sessions that started in the week."""
 
@@ -121,8 +135,11 @@ class ReadQueries:
 
     def __init__(self, topic: str, schema: str = "public") -> None:
         self.topic = topic
-        t = {n: sql.Identifier(schema, n) for n in
-             ("focus_sessions", "focus_user_stats", "focus_user_weekly", "projector_positions")}
+        t = {"focus_sessions": sessions.SESSIONS.at(schema),
+             "focus_user_stats": user_totals.TABLE.at(schema),
+             "focus_user_weekly": weekly.TABLE.at(schema),
+             "focus_daily_totals": daily.TOTALS.at(schema),
+             "projector_positions": sql.Identifier(schema, POSITIONS)}
         cols = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
                                   for c in SESSION_FIELDS)
         positions = _POSITIONS.format(t["projector_positions"])
@@ -159,6 +176,14 @@ class ReadQueries:
             " WHERE user_id = %(user)s AND week_start BETWEEN %(lo)s AND %(hi)s"
             " ORDER BY week_start DESC",
             weekly=t["focus_user_weekly"])
+        self._org_days = _render(
+            "SELECT p.parts, p.offsets, p.times, d::date, coalesce(o.active_users, 0),"
+            " coalesce(o.sessions_started, 0), coalesce(o.sessions_ended, 0),"
+            " coalesce(o.sessions_completed, 0), coalesce(o.focus_seconds, 0),"
+            " coalesce(o.interruptions, 0)"
+            " FROM {pos} CROSS JOIN generate_series(%(lo)s::date, %(hi)s::date, interval '1 day')"
+            " AS d LEFT JOIN {totals} AS o ON o.day = d::date ORDER BY d",
+            pos=positions, totals=t["focus_daily_totals"])
         self._zone = _render(
             "SELECT time_zone FROM {sessions} WHERE user_id = %(user)s"
             " AND time_zone IS NOT NULL ORDER BY started_at DESC LIMIT 1",
@@ -220,6 +245,15 @@ class ReadQueries:
         session ended has no row."""
         cur = await conn.execute(self._weeks, {"user": user_id, "lo": lo, "hi": hi})
         return [WeekBucket(*r) for r in await cur.fetchall()]
+
+    async def org_days(
+        self, conn: AsyncConnection[Any], lo: date, hi: date
+    ) -> tuple[list[OrgDay], Freshness]:
+        """Org-wide totals of every UTC day ``lo..hi`` (inclusive; zeros for a day without
+        sessions), oldest first, and the freshness."""
+        rows = await (await conn.execute(
+            self._org_days, {"topic": self.topic, "lo": lo, "hi": hi})).fetchall()
+        return [OrgDay(*r[3:]) for r in rows], _freshness(rows[0])
 
     async def latest_time_zone(self, conn: AsyncConnection[Any], user_id: str) -> str | None:
         """The time zone of the user's newest session that named one."""

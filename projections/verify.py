@@ -1,10 +1,9 @@
 """``focus verify``: check on a live database that the read models equal their definitions.
 
-- every ``focus_user_stats`` row equals its recomputation from ``focus_sessions`` (guarantee 3);
 - every ``focus_sessions`` row, and every stored event status, equals
   :func:`focus_sessions.projections.fold.derive` of the session's stored events;
-- ``focus_user_weekly`` equals :func:`focus_sessions.projections.weekly.rollup` of
-``focus_sessions``;
+- every rollup's tables (:data:`focus_sessions.projections.readmodels.ROLLUPS`: per-user totals,
+  weekly, daily) equal their recomputation from ``focus_sessions`` (guarantee 3), row for row;
 - positions are sane: none negative, no stored event at or past its partition's position, and,
   when the broker's log end offsets are given, no partition beyond the topic or past its end.
 Held events (waiting for their start) are reported with the age of the oldest, and event ids
@@ -22,10 +21,11 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 
-from focus_sessions.projections import weekly
 from focus_sessions.projections.fold import History, SessionRow, derive
+from focus_sessions.projections.readmodels import POSITIONS, ROLLUPS, Table
+from focus_sessions.projections.readmodels.sessions import EVENTS, SESSIONS
+from focus_sessions.projections.readmodels.user_totals import TABLE as USER_TOTALS
 from focus_sessions.projections.repository import ProjectionRepository
-from focus_sessions.projections.verify_sql import rollup_check, table_exists
 
 CHUNK = 2000
 
@@ -71,21 +71,23 @@ async def verify(
 ) -> VerifyReport:
     """Run every check; ``report.ok`` is False on any mismatch."""
     report = VerifyReport()
-    await _rollups(conn, schema, report, examples)
     rows = await _sessions(conn, schema, report, examples)
-    if await table_exists(conn, schema, "focus_user_weekly"):
-        await _weekly(conn, schema, "focus_user_weekly", rows, report, examples)
+    for rollup in ROLLUPS:
+        for table, expected in rollup.expected(rows).items():
+            await _compare(conn, schema, rollup.tables, table, expected, report, examples)
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(USER_TOTALS.at(schema)))
+    report.users = (await cur.fetchone() or (0,))[0]
     await _positions(conn, schema, topic, log_ends, report, examples)
     cur = await conn.execute(sql.SQL(
         "SELECT count(*), now() - min(recorded_at) FROM {} WHERE status = 'held'"
-    ).format(sql.Identifier(schema, "session_events")))
+    ).format(EVENTS.at(schema)))
     held = await cur.fetchone()
     assert held is not None
     report.held, report.held_oldest_age = held
     cur = await conn.execute(sql.SQL(
         "SELECT event_id, array_agg(session_id ORDER BY session_id) FROM {}"
         " GROUP BY event_id HAVING count(*) > 1 ORDER BY event_id"
-    ).format(sql.Identifier(schema, "session_events")))
+    ).format(EVENTS.at(schema)))
     reused = await cur.fetchall()
     report.reused_ids = len(reused)
     report.reused_examples = [f"event {eid} in sessions {', '.join(map(str, sids))}"
@@ -93,24 +95,12 @@ async def verify(
     return report
 
 
-async def _rollups(conn: AsyncConnection[Any], schema: str, report: VerifyReport,
-                   keep: int) -> None:
-    problem = report.problem("focus_user_stats = recomputed from focus_sessions")
-    cur = await conn.execute(rollup_check(schema))
-    for user, stored, recomputed in await cur.fetchall():
-        problem.add(f"user {user!r}: stored {stored}, recomputed {recomputed}", keep)
-    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-        sql.Identifier(schema, "focus_user_stats")))
-    report.users = (await cur.fetchone() or (0,))[0]
-
-
 async def _sessions(conn: AsyncConnection[Any], schema: str, report: VerifyReport,
                     keep: int) -> list[SessionRow]:
     rows_problem = report.problem("focus_sessions = derive(session_events)")
     status_problem = report.problem("session_events.status = derive(session_events)")
     repo = ProjectionRepository(schema)
-    events, sessions = sql.Identifier(schema, "session_events"), sql.Identifier(
-        schema, "focus_sessions")
+    events, sessions = EVENTS.at(schema), SESSIONS.at(schema)
     cur = await conn.execute(sql.SQL(
         "SELECT session_id FROM {} UNION SELECT session_id FROM {} ORDER BY 1"
     ).format(events, sessions))
@@ -153,18 +143,28 @@ def _row_example(sid: UUID, stored: SessionRow | None, derived: SessionRow | Non
     return f"session {sid}: " + "; ".join(changed)
 
 
-async def _weekly(conn: AsyncConnection[Any], schema: str, table: str, rows: list[SessionRow],
-                  report: VerifyReport, keep: int) -> None:
-    problem = report.problem(f"{table} = recomputed from focus_sessions")
-    cur = await conn.execute(sql.SQL(
-        "SELECT user_id, week_start, sessions_ended, sessions_completed, focus_seconds FROM {}"
-    ).format(sql.Identifier(schema, table)))
-    stored = {(u, w): weekly.WeekDelta(e, c, s) for u, w, e, c, s in await cur.fetchall()}
-    expected = weekly.rollup(rows)
-    for key in sorted(stored.keys() | expected.keys()):
-        if stored.get(key) != expected.get(key):
-            problem.add(f"{key[0]!r} week {key[1]}: stored {stored.get(key)}, recomputed "
-                        f"{expected.get(key)}", keep)
+async def _compare(conn: AsyncConnection[Any], schema: str, tables: tuple[Table, ...], name: str,
+                   expected: list[tuple[Any, ...]], report: VerifyReport, keep: int) -> None:
+    """Stored rows of one rollup table against their recomputation, by key."""
+    table = next(t for t in tables if t.name == name)
+    problem = report.problem(f"{name} = recomputed from {SESSIONS.name}")
+    cur = await conn.execute(sql.SQL("SELECT {} FROM {}").format(
+        table.column_list(), table.at(schema)))
+    width = len(table.key)
+    stored = {r[:width]: r[width:] for r in await cur.fetchall()}
+    wanted = {r[:width]: r[width:] for r in expected}
+    for key in sorted(stored.keys() | wanted.keys()):
+        if stored.get(key) != wanted.get(key):
+            shown = repr(key[0]) if width == 1 else ", ".join(map(str, key))
+            problem.add(f"{shown}: stored {_values(table, stored.get(key))}, recomputed "
+                        f"{_values(table, wanted.get(key))}", keep)
+
+
+def _values(table: Table, values: tuple[Any, ...] | None) -> str:
+    if values is None:
+        return "no row"
+    return " ".join(f"{c}={v}" for c, v in zip(table.columns[len(table.key):], values,
+                                               strict=True))
 
 
 async def _positions(conn: AsyncConnection[Any], schema: str, topic: str,
@@ -174,8 +174,7 @@ async def _positions(conn: AsyncConnection[Any], schema: str, topic: str,
     cur = await conn.execute(sql.SQL(
         "SELECT p.kafka_partition, p.next_offset, (SELECT max(kafka_offset) FROM {e} e"
         " WHERE e.kafka_partition = p.kafka_partition) FROM {p} p WHERE topic = %s ORDER BY 1"
-    ).format(e=sql.Identifier(schema, "session_events"),
-             p=sql.Identifier(schema, "projector_positions")), (topic,))
+    ).format(e=EVENTS.at(schema), p=sql.Identifier(schema, POSITIONS)), (topic,))
     for partition, position, newest in await cur.fetchall():
         where = f"{topic}[{partition}] at {position}"
         if position < 0:

@@ -3,8 +3,8 @@
 Decoding and folding (~10 µs an event, ~4 of it decoding) dominate, so each worker process owns
 a share of the partitions: it reads them with manual assignment up to the end offsets captured
 when the replay started, folds everything in memory
-(:class:`focus_sessions.consumers.replay.memory.ShadowState`)
-and bulk loads its sessions and its users' rollups with binary COPY. Sessions whose events sit on
+(:class:`focus_sessions.consumers.replay.memory.ShadowState`) and bulk loads its sessions and
+its users' rollups with binary COPY. Sessions whose events sit on
 partitions of *different* workers (only possible when events of one session name different
 users, or after partitions were added) are handed back to the coordinator, which folds them
 whole; so are the rollups of users that more than one worker saw, which the coordinator adds up.
@@ -27,19 +27,14 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from focus_sessions.consumers.replay.memory import Placed, Rollups, ShadowState, build
-from focus_sessions.consumers.replay.shadow_sql import copy_statement
 from focus_sessions.contracts.codec import PoisonEvent
-from focus_sessions.projections.repository import (
-    SESSION_COLUMNS,
-    SESSION_EVENT_COLUMNS,
-    SESSION_EVENT_TYPES,
-    SESSION_TYPES,
-    STATS_COLUMNS,
-    STATS_TYPES,
+from focus_sessions.projections.readmodels import ROLLUPS, Table
+from focus_sessions.projections.readmodels.sessions import (
+    EVENTS,
+    SESSIONS,
     event_record,
     session_record,
 )
-from focus_sessions.projections.weekly_store import WEEKLY_COLUMNS, WEEKLY_TABLE, WEEKLY_TYPES
 from focus_sessions.projections.wire import decode_message
 
 PROGRESS_EVERY = 0.2  # seconds between progress messages to the coordinator
@@ -165,24 +160,21 @@ def load(url: str, schema: str, state: ShadowState, shared_users: Iterable[str])
     """
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         # events stream into COPY while sessions are derived: the server parses meanwhile
-        with cur.copy(copy_statement(schema, "session_events", SESSION_EVENT_COLUMNS)) as copy:
-            copy.set_types(SESSION_EVENT_TYPES)
+        with cur.copy(EVENTS.copy_into(schema)) as copy:
+            copy.set_types(EVENTS.types)
             out = build(state, event_record, session_record, copy.write_row)
         state.sessions.clear()
-        copy_rows(cur, schema, "focus_sessions", SESSION_COLUMNS, SESSION_TYPES, out.sessions)
+        copy_rows(cur, schema, SESSIONS, out.sessions)
         shared = out.rollups.take_users(shared_users)
-        copy_rows(cur, schema, "focus_user_stats", STATS_COLUMNS, STATS_TYPES,
-                  out.rollups.user_records())
-        copy_rows(cur, schema, WEEKLY_TABLE, WEEKLY_COLUMNS, WEEKLY_TYPES,
-                  out.rollups.week_records())
+        for rollup in ROLLUPS:
+            copy_rows(cur, schema, rollup.tables[0], out.rollups.records(rollup))
     return shared
 
 
 def copy_rows(
-    cur: psycopg.Cursor[Any], schema: str, table: str, columns: tuple[str, ...],
-    types: tuple[str, ...], rows: Iterable[tuple[Any, ...]],
+    cur: psycopg.Cursor[Any], schema: str, table: Table, rows: Iterable[tuple[Any, ...]],
 ) -> None:
-    with cur.copy(copy_statement(schema, table, columns)) as copy:
-        copy.set_types(types)
+    with cur.copy(table.copy_into(schema)) as copy:
+        copy.set_types(table.types)
         for row in rows:
             copy.write_row(row)

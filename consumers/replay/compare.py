@@ -13,13 +13,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-#: Primary key of each compared table.
-KEYS: dict[str, tuple[str, ...]] = {
-    "focus_sessions": ("session_id",),
-    "focus_user_stats": ("user_id",),
-    "focus_user_weekly": ("user_id", "week_start"),
-    "session_events": ("session_id", "event_id"),
-}
+from focus_sessions.projections.readmodels import TABLES, Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +60,19 @@ class ReplayDiff:
 
 async def diff(
     conn: AsyncConnection[Any], live: str, shadow: str, *, users: Sequence[str] | None = None,
-    examples: int = 5, names: Sequence[str] = tuple(KEYS),
+    examples: int = 5, tables: Sequence[Table] = TABLES,
 ) -> ReplayDiff:
-    """Differences between ``live`` and ``shadow`` (only the named users' rows when given)."""
-    return ReplayDiff([await _table(conn, live, shadow, n, users, examples) for n in names])
+    """Differences between ``live`` and ``shadow``, table by table. With ``users``, only
+    their rows, in the tables whose rows belong to users (org-wide sums are not compared)."""
+    return ReplayDiff([await _table(conn, live, shadow, t, users, examples) for t in tables
+                       if users is None or t.per_user])
 
 
 async def _table(
-    conn: AsyncConnection[Any], live: str, shadow: str, name: str, users: Sequence[str] | None,
-    examples: int,
+    conn: AsyncConnection[Any], live: str, shadow: str, table: Table,
+    users: Sequence[str] | None, examples: int,
 ) -> TableDiff:
-    keys = KEYS[name]
+    name, keys = table.name, table.key
     where = sql.SQL("WHERE user_id = ANY(%(users)s)" if users is not None else "")
     params = {"users": list(users or ())}
     joined = sql.SQL(

@@ -22,14 +22,9 @@ from psycopg import AsyncConnection
 from focus_sessions.consumers.replay import shadow_sql
 from focus_sessions.contracts.codec import PoisonEvent
 from focus_sessions.projections.batch import Located, plan, session_ids
-from focus_sessions.projections.repository import (
-    SESSION_COLUMNS,
-    SESSION_EVENT_COLUMNS,
-    SESSION_EVENT_TYPES,
-    SESSION_TYPES,
-    Advance,
-    ProjectionRepository,
-)
+from focus_sessions.projections.readmodels import UNSTORABLE
+from focus_sessions.projections.readmodels.sessions import EVENTS, SESSIONS
+from focus_sessions.projections.repository import Advance, ProjectionRepository
 from focus_sessions.projections.wire import decode_message
 
 
@@ -168,7 +163,7 @@ class Follower:
     async def unstorable(self, conn: AsyncConnection[Any]) -> set[tuple[int, int]]:
         """Positions of the events the live projector recorded as unstorable (it skipped them:
         so does the replay). Read after the live positions, it covers every event below them."""
-        if "unstorable_events" not in await shadow_sql.tables(conn, self.options.live):
+        if UNSTORABLE not in await shadow_sql.tables(conn, self.options.live):
             return set()  # a live schema from before migration 0003
         return await self.live.unstorable_positions(conn, self.options.topic)
 
@@ -234,14 +229,10 @@ class Follower:
                    sessions: list[tuple[Any, ...]]) -> None:
         """Bulk load pre-built records (sessions that spanned several bulk workers)."""
         async with conn.cursor() as cur:
-            for table, columns, types, rows in (
-                ("session_events", SESSION_EVENT_COLUMNS, SESSION_EVENT_TYPES, events),
-                ("focus_sessions", SESSION_COLUMNS, SESSION_TYPES, sessions),
-            ):
+            for table, rows in ((EVENTS, events), (SESSIONS, sessions)):
                 if not rows:
                     continue
-                async with cur.copy(shadow_sql.copy_statement(self.options.shadow, table,
-                                                              columns)) as copy:
-                    copy.set_types(types)
+                async with cur.copy(table.copy_into(self.options.shadow)) as copy:
+                    copy.set_types(table.types)
                     for row in rows:
                         await copy.write_row(row)

@@ -2,23 +2,20 @@
 
 The live projector reads each touched session's history back from PostgreSQL per batch; a replay
 into *empty* tables never needs to, so it keeps histories in memory and derives every row once at
-the end, with :func:`focus_sessions.projections.fold.derive` — the same function the live projector
-uses, so
-replay and live agree by construction (guarantee 5). Per-user and weekly rollups are sums of
-per-session contributions (:mod:`focus_sessions.projections.rollups`,
-:mod:`focus_sessions.projections.weekly`). Pure.
+the end, with :func:`focus_sessions.projections.fold.derive` — the same function the live
+projector uses, so replay and live agree by construction (guarantee 5). The rollups are sums of
+per-session contributions (every rollup of :mod:`focus_sessions.projections.readmodels`). Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from focus_sessions.projections import weekly
 from focus_sessions.projections.fold import EventKey, History, SessionRow, conflict, derive
-from focus_sessions.projections.rollups import UserDelta
+from focus_sessions.projections.readmodels import ROLLUPS, Rollup
+from focus_sessions.projections.readmodels.base import Sums
 from focus_sessions.projections.wire import AnyEvent
 
 #: ``(event, partition, offset)``: an accepted event and where the log first held it.
@@ -35,60 +32,33 @@ class _Session:
 
 @dataclass(slots=True)
 class Rollups:
-    """Per-user totals and weekly buckets: sums, so partial results from workers just add."""
+    """Every rollup's sums (:data:`focus_sessions.projections.readmodels.ROLLUPS`), by name:
+    sums, so partial results from workers just add."""
 
-    users: dict[str, UserDelta] = field(default_factory=dict)
-    weeks: dict[weekly.WeekKey, weekly.WeekDelta] = field(default_factory=dict)
+    sums: dict[str, Sums] = field(default_factory=lambda: {r.name: {} for r in ROLLUPS})
 
     def add_row(self, row: SessionRow) -> None:
-        user = self.users.get(row.user_id)
-        if user is None:
-            user = self.users[row.user_id] = UserDelta()
-        user.add(None, row)
-        found = weekly.contribution(row)
-        if found is not None:
-            key, add = found
-            self.weeks[key] = self.weeks[key] + add if key in self.weeks else add
+        sums = self.sums
+        for rollup in ROLLUPS:
+            rollup.add(sums[rollup.name], row)
 
     def take_users(self, users: Iterable[str]) -> Rollups:
-        """Remove and return the totals and weeks of ``users`` (absent users are skipped)."""
-        wanted = set(users) & self.users.keys()
-        taken = Rollups(users={u: self.users.pop(u) for u in wanted})
-        if wanted:
-            taken.weeks = {k: w for k, w in self.weeks.items() if k[0] in wanted}
-            for key in taken.weeks:
-                del self.weeks[key]
-        return taken
+        """Remove and return the sums of ``users`` (absent users are skipped)."""
+        wanted = set(users)
+        if not wanted:
+            return Rollups()
+        return Rollups({r.name: r.take_users(self.sums[r.name], wanted) for r in ROLLUPS})
 
     def merge(self, other: Rollups) -> None:
-        for user, change in other.users.items():
-            mine = self.users.get(user)
-            self.users[user] = change if mine is None else _sum(mine, change)
-        weekly.accumulate(self.weeks, other.weeks)
+        for rollup in ROLLUPS:
+            rollup.merge(self.sums[rollup.name], other.sums[rollup.name])
 
-    def user_records(self) -> Iterator[tuple[Any, ...]]:
-        """Rows of ``focus_user_stats``, in its column order."""
-        for user in sorted(self.users):
-            d = self.users[user]
-            yield (user, d.sessions_started, d.sessions_ended, d.sessions_completed,
-                   d.focus_seconds, d.planned_minutes, d.interruptions, d.last_session_at)
+    def records(self, rollup: Rollup) -> Iterator[tuple[Any, ...]]:
+        """Rows of the rollup's first table, in its column order."""
+        return rollup.records(self.sums[rollup.name])
 
-    def week_records(self) -> Iterator[tuple[str, Any, int, int, Decimal]]:
-        """Rows of ``focus_user_weekly``, in its column order."""
-        for key in sorted(self.weeks):
-            w = self.weeks[key]
-            yield (key[0], key[1], w.sessions_ended, w.sessions_completed, w.focus_seconds)
-
-
-def _sum(a: UserDelta, b: UserDelta) -> UserDelta:
-    last = a.last_session_at
-    if last is None or (b.last_session_at is not None and b.last_session_at > last):
-        last = b.last_session_at
-    return UserDelta(
-        a.sessions_started + b.sessions_started, a.sessions_ended + b.sessions_ended,
-        a.sessions_completed + b.sessions_completed, a.focus_seconds + b.focus_seconds,
-        a.planned_minutes + b.planned_minutes, a.interruptions + b.interruptions, last,
-    )
+    def __bool__(self) -> bool:
+        return any(self.sums.values())
 
 
 #: A session, by its id's 128-bit integer (``UUID.int``): ``UUID.__hash__`` is Python code,

@@ -33,7 +33,8 @@ from focus_sessions.consumers.replay.follow import Follower, ReplayOptions, Repl
 from focus_sessions.consumers.replay.memory import build, state_of
 from focus_sessions.consumers.replay.pool import deal, run_pool, warm_up
 from focus_sessions.projections import notify
-from focus_sessions.projections.repository import event_record, session_record
+from focus_sessions.projections.readmodels import POSITIONS, TABLES
+from focus_sessions.projections.readmodels.sessions import EVENTS, event_record, session_record
 
 #: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
 REPLAY_LOCK = 0x5265706C  # "Repl"
@@ -111,7 +112,7 @@ class Replayer:
         """Fresh shadow schema, then every partition read to its end offset by the workers."""
         o = self.options
         async with await self._connect() as conn:
-            if "projector_positions" not in await shadow_sql.tables(conn, o.live):
+            if POSITIONS not in await shadow_sql.tables(conn, o.live):
                 raise ReplayError(f"schema {o.live!r} has no read-model tables: run "
                                   "`focus migrate` first")
         warm_up()  # the workers' process server imports while the shadow schema is made
@@ -138,7 +139,7 @@ class Replayer:
                 out = build(state_of(merged.shared), event_record, session_record)
                 await self.follow.copy(conn, out.events, out.sessions)
                 merged.rollups.merge(out.rollups)
-            await shadow_sql.add_rollups(conn, o.shadow, merged.rollups)
+            await shadow_sql.finish_rollups(conn, o.shadow, merged.rollups)
             await shadow_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
         r = self.report
         r.bulk_seconds = time.perf_counter() - started
@@ -175,9 +176,8 @@ class Replayer:
                                     if s > live.get(p, 0)}
             users = sorted(o.users) if o.users is not None else None
             live_tables = await shadow_sql.tables(conn, o.live)
-            names = [n for n in ("focus_sessions", "focus_user_stats", "focus_user_weekly",
-                                 "session_events") if n in live_tables]
-            return await diff(conn, o.live, o.shadow, users=users, names=names)
+            return await diff(conn, o.live, o.shadow, users=users,
+                              tables=[t for t in TABLES if t.name in live_tables])
 
     async def swap(self) -> None:
         """Lock live, final catch-up, swap: one transaction, retried while locks are busy."""
@@ -216,9 +216,9 @@ class Replayer:
         if o.users is None:
             await shadow_sql.lock_live(conn, o.live, names, "ACCESS EXCLUSIVE", o.lock_timeout_ms)
         else:  # readers of the per-user tables go on; the projector waits
-            await shadow_sql.lock_live(conn, o.live, ["session_events"], "ACCESS EXCLUSIVE",
+            await shadow_sql.lock_live(conn, o.live, [EVENTS.name], "ACCESS EXCLUSIVE",
                                        o.lock_timeout_ms)
-            await shadow_sql.lock_live(conn, o.live, [n for n in names if n != "session_events"],
+            await shadow_sql.lock_live(conn, o.live, [n for n in names if n != EVENTS.name],
                                        "EXCLUSIVE", o.lock_timeout_ms)
         live = await shadow_sql.positions(conn, o.live, o.topic)
         self.report.caught_up += await self.follow.catch_up(conn, live)

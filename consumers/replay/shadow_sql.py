@@ -15,16 +15,18 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from focus_sessions.consumers.replay.memory import Rollups
-from focus_sessions.projections.repository import apply_user_deltas
-from focus_sessions.projections.weekly_store import apply_weekly
-
-#: The read models, in the order the live projector first touches them (lock order).
-READ_MODELS = (
-    "session_events", "projector_positions", "focus_sessions", "focus_user_stats",
-    "focus_user_weekly",
+from focus_sessions.projections.readmodels import (
+    BULK_LOADED,
+    POSITIONS,
+    ROLLUPS,
+    TABLES,
+    UNSTORABLE,
 )
-#: Tables that hold one row per user-owned thing: what ``--users`` swaps.
-PER_USER = ("session_events", "focus_sessions", "focus_user_stats", "focus_user_weekly")
+from focus_sessions.projections.readmodels.base import replace_users
+from focus_sessions.projections.readmodels.sessions import EVENTS, SESSIONS
+
+#: The tables, in the order the live projector first touches them (the swap's lock order).
+LOCK_ORDER = (EVENTS.name, POSITIONS, *(t.name for t in TABLES if t is not EVENTS))
 
 
 class NotSwappable(RuntimeError):
@@ -41,14 +43,14 @@ async def tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
         "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'schema_migrations'"
         " ORDER BY tablename", (schema,))
     found = [name for (name,) in await cur.fetchall()]
-    known = [t for t in READ_MODELS if t in found]
+    known = [t for t in LOCK_ORDER if t in found]
     return known + [t for t in found if t not in known]
 
 
 async def positions(conn: AsyncConnection[Any], schema: str, topic: str) -> dict[int, int]:
     cur = await conn.execute(
         sql.SQL("SELECT kafka_partition, next_offset FROM {} WHERE topic = %s")
-        .format(_t(schema, "projector_positions")), (topic,))
+        .format(_t(schema, POSITIONS)), (topic,))
     return dict(await cur.fetchall())
 
 
@@ -62,29 +64,19 @@ async def set_positions(
         sql.SQL(
             "INSERT INTO {} (topic, kafka_partition, next_offset, last_event_time)"
             " SELECT %s, * FROM unnest(%s::int[], %s::bigint[], %s::timestamptz[])"
-        ).format(_t(schema, "projector_positions")),
+        ).format(_t(schema, POSITIONS)),
         (topic, parts, [ends[p] for p in parts], [last_times.get(p) for p in parts]),
     )
 
 
-def copy_statement(schema: str, table: str, columns: Sequence[str]) -> sql.Composed:
-    """Binary COPY into ``schema.table`` (the repository's column layouts and types)."""
-    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        _t(schema, table), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-
-
-async def add_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
-    """Add ``rollups`` to the rows already in ``schema`` (the live projector's upserts)."""
+async def finish_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
+    """After the bulk load: derive what each rollup derives in SQL, then add ``rollups`` (the
+    sums the coordinator merged) to the rows already in ``schema`` (the live projector's
+    upserts)."""
     async with conn.cursor() as cur:
-        if rollups.users:
-            await apply_user_deltas(cur, schema, rollups.users)
-        if rollups.weeks:
-            await apply_weekly(cur, schema, rollups.weeks)
-
-
-#: Tables the bulk phase fills; their indexes are built after the load, not row by row.
-BULK_TABLES = ("session_events", "focus_sessions")
+        for rollup in ROLLUPS:
+            await rollup.finish_bulk(cur, schema)
+            await rollup.apply(cur, schema, rollups.sums[rollup.name])
 
 
 async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[str]]:
@@ -110,8 +102,8 @@ async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, li
         " WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s)"
         " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
         " AND i.indpred IS NULL",
-        (*[sql.Identifier(schema).as_string(conn)] * 2, schema, list(BULK_TABLES),
-         sql.Identifier(schema).as_string(conn), schema, list(BULK_TABLES)),
+        (*[sql.Identifier(schema).as_string(conn)] * 2, schema, list(BULK_LOADED),
+         sql.Identifier(schema).as_string(conn), schema, list(BULK_LOADED)),
     )
     recreate: dict[str, list[str]] = {}
     for table, create, drop in await cur.fetchall():
@@ -184,11 +176,11 @@ async def swap_schemas(
     """
     await conn.execute(
         sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE topic <> %s").format(
-            _t(shadow, "projector_positions"), _t(live, "projector_positions")), (topic,))
-    if "unstorable_events" in names:  # the live projector's record of what it could not store
+            _t(shadow, POSITIONS), _t(live, POSITIONS)), (topic,))
+    if UNSTORABLE in names:  # the live projector's record of what it could not store
         await conn.execute(
             sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
-                _t(shadow, "unstorable_events"), _t(live, "unstorable_events")))
+                _t(shadow, UNSTORABLE), _t(live, UNSTORABLE)))
     await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(retired)))
     for name in names:
         await copy_grants(conn, _t(live, name), _t(shadow, name))
@@ -254,12 +246,14 @@ async def swap_users(
     conn: AsyncConnection[Any], live: str, shadow: str, users: Sequence[str],
     names: Iterable[str],
 ) -> None:
-    """Replace only the named users' rows in every per-user table (positions stay)."""
-    for name in [n for n in names if n in PER_USER]:
-        await conn.execute(sql.SQL("DELETE FROM {} WHERE user_id = ANY(%s)").format(
-            _t(live, name)), (list(users),))
-        await conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
-            _t(live, name), _t(shadow, name)))
+    """Replace only the named users' rows in every read model (positions stay): the sessions'
+    tables row by row, each rollup as it knows how (org-wide sums are recomputed)."""
+    present = set(names)
+    for table in (EVENTS, SESSIONS):
+        await replace_users(conn, table, live, shadow, users)
+    for rollup in ROLLUPS:
+        if all(t.name in present for t in rollup.tables):
+            await rollup.swap_users(conn, live, shadow, users)
 
 
 async def drop_schema(conn: AsyncConnection[Any], schema: str) -> None:

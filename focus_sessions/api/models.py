@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from focus_sessions.projections.queries import (
     DayBucket,
     Freshness,
+    OrgDay,
     SessionRecord,
     UserTotals,
     WeekBucket,
@@ -105,6 +106,27 @@ class AnalyticsOut(BaseModel):
         description=f"total / sessions started; null if none started. {ROUNDED}")
     last_session_at: datetime | None
     daily: DailyOut | None = None
+    freshness: FreshnessOut
+
+
+class OrgDayOut(BaseModel):
+    day: date = Field(description="A UTC day; sessions count on the day they started.")
+    active_users: int = Field(description="Distinct users with a session started that day.")
+    sessions_started: int
+    sessions_ended: int = Field(description="Of the day's sessions, those ended so far.")
+    sessions_completed: int
+    focus_minutes: float = Field(description=f"Sum over the day's ended sessions. {ROUNDED}")
+    interruptions: int = Field(description="Of the day's sessions.")
+
+
+class OrgDailyOut(BaseModel):
+    """Org-wide daily totals, from the ``focus_daily_totals`` read model (migration 0004,
+    backfilled by replay, checked by ``focus verify``)."""
+
+    from_: date = Field(alias="from")
+    to: date
+    days: list[OrgDayOut] = Field(description="Every day of the range, oldest first; a day "
+                                              "without sessions is all zeros.")
     freshness: FreshnessOut
 
 
@@ -209,6 +231,16 @@ def analytics(user_id: str, t: UserTotals, f: Freshness,
         interruptions_per_session=figure(t.total_interruptions, started) if started else None,
         last_session_at=t.last_session_at, daily=daily, freshness=freshness(f),
     )
+
+
+def org_daily(lo: date, hi: date, days: list[OrgDay], f: Freshness) -> OrgDailyOut:
+    return OrgDailyOut.model_construct(
+        from_=lo, to=hi, freshness=freshness(f),
+        days=[OrgDayOut.model_construct(
+            day=d.day, active_users=d.active_users, sessions_started=d.sessions_started,
+            sessions_ended=d.sessions_ended, sessions_completed=d.sessions_completed,
+            focus_minutes=_minutes(d.focus_seconds), interruptions=d.interruptions)
+            for d in days])
 
 
 def week(w: WeekBucket) -> WeekOut:

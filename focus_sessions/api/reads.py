@@ -1,4 +1,5 @@
-"""Read routes: a user's sessions, one session, a user's analytics. Projections only."""
+"""Read routes: a user's sessions, one session, a user's analytics, org-wide daily totals.
+Projections only."""
 
 from __future__ import annotations
 
@@ -155,6 +156,24 @@ async def user_weekly(
                                 freshness=models.freshness(fresh))
 
     return json_response(await svc.db.run(read))
+
+
+@router.get("/analytics/daily", response_model=models.OrgDailyOut, responses=_AUTH,
+            openapi_extra=SECURED)
+async def org_daily(
+    request: Request,
+    from_: Annotated[date | None, Query(alias="from", description="First UTC day.")] = None,
+    to: Annotated[date | None, Query(description="Last UTC day (inclusive).")] = None,
+) -> Response:
+    """Org-wide totals per UTC day, for analytics teams: active users (distinct users with a
+    session started that day), sessions started, ended and completed, focus minutes and
+    interruptions of the sessions started that day. Default range: the 30 days to today (UTC);
+    at most 366 days. Needs `analytics:read`."""
+    caller, svc = authenticate(request), _services(request)
+    require_any(caller, ANALYTICS)
+    lo, hi = _range(from_, to, "UTC")
+    days, fresh = await svc.db.run(lambda conn: svc.queries.org_days(conn, lo, hi))
+    return json_response(models.org_daily(lo, hi, days, fresh))
 
 
 def _range(lo: date | None, hi: date | None, zone: str) -> tuple[date, date]:

@@ -10,12 +10,9 @@ import pytest
 
 from focus_sessions.migrate import migrate
 from focus_sessions.projections.fold import SessionRow
-from focus_sessions.projections.repository import (
-    SESSION_COLUMNS,
-    SESSION_EVENT_COLUMNS,
-    STATS_COLUMNS,
-    ProjectionRepository,
-)
+from focus_sessions.projections.readmodels.sessions import SESSION_COLUMNS, SESSION_EVENT_COLUMNS
+from focus_sessions.projections.readmodels.user_totals import TABLE as USER_TOTALS
+from focus_sessions.projections.repository import ProjectionRepository
 from tests.support.fakes import Snapshot
 from tests.unit.test_repository_contract import Backend, RepositoryContract
 
@@ -42,7 +39,7 @@ class PostgresBackend:
                 sessions={r[0]: SessionRow(*r) for r in await rows(
                     f"SELECT {', '.join(SESSION_COLUMNS)} FROM focus_sessions")},
                 totals={r[0]: r[1:] for r in await rows(
-                    f"SELECT {', '.join(STATS_COLUMNS)} FROM focus_user_stats")},
+                    f"SELECT {', '.join(USER_TOTALS.columns)} FROM focus_user_stats")},
                 weekly={(u, w): (e, c, s) for u, w, e, c, s in await rows(
                     "SELECT user_id, week_start, sessions_ended, sessions_completed,"
                     " focus_seconds FROM focus_user_weekly")},

@@ -46,16 +46,15 @@ from aiokafka.structs import RecordMetadata
 
 from focus_sessions.projections.batch import Plan
 from focus_sessions.projections.fold import History, SessionRow, extend
-from focus_sessions.projections.repository import (
+from focus_sessions.projections.readmodels import user_totals, weekly
+from focus_sessions.projections.readmodels.sessions import (
     SESSION_EVENT_COLUMNS,
-    Advance,
-    Fenced,
-    Unstorable,
     event_from_record,
     event_record,
-    stats_record,
 )
-from focus_sessions.projections.weekly import WeekDelta, WeekKey
+from focus_sessions.projections.readmodels.user_totals import record as stats_record
+from focus_sessions.projections.readmodels.weekly import WeekDelta, WeekKey
+from focus_sessions.projections.repository import Advance, Fenced, Unstorable
 from focus_sessions.projections.wire import AnyEvent
 from tests.support.projection import Message, as_record
 
@@ -699,7 +698,7 @@ class MemoryRepository:
                 records[eid] = (*record[:4], status, *record[5:])
                 txn.put(store.events, sid, records)
         self._add_totals(txn, store, plan)
-        for key, delta in plan.weekly.items():
+        for key, delta in plan.rollups[weekly.MODEL.name].items():
             week = (txn.get(store.weekly, key) or WeekDelta()) + delta
             if week.sessions_ended == 0:
                 txn.delete(store.weekly, key)
@@ -714,18 +713,19 @@ class MemoryRepository:
 
     @staticmethod
     def _add_totals(txn: Transaction, store: MemoryStore, plan: Plan) -> None:
-        for user, delta in plan.deltas.items():
+        deltas = plan.rollups[user_totals.MODEL.name]
+        for user, delta in deltas.items():
             added = stats_record(user, delta)[1:]
             old = txn.get(store.totals, user)
             if old is not None:
                 added = (*(a + b for a, b in zip(old[:6], added[:6], strict=True)),
                          _greatest(old[6], added[6]))
             txn.put(store.totals, user, added)
-        for user in [u for u, d in plan.deltas.items() if d.sessions_started < 0]:
+        for user in [u for u, d in deltas.items() if d.sessions_started < 0]:
             total = txn.get(store.totals, user)
             if total is not None and total[0] == 0:  # its last session went to another user
                 txn.delete(store.totals, user)
-        for user in [u for u, d in plan.deltas.items() if d.recompute_last]:
+        for user in [u for u, d in deltas.items() if d.recompute_last]:
             total = txn.get(store.totals, user)
             if total is None:
                 continue

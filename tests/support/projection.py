@@ -21,7 +21,8 @@ from focus_sessions.consumers.projector import Projector
 from focus_sessions.contracts.codec import encode
 from focus_sessions.contracts.events import CloudEvent
 from focus_sessions.migrate import migrate
-from focus_sessions.projections.verify_sql import rollup_check
+from focus_sessions.projections.readmodels import TABLES as READ_MODELS
+from focus_sessions.projections.readmodels.user_totals import mismatches as rollup_check
 from focus_sessions.settings import ProjectorSettings
 from tests.support.infra import TopicSet
 
@@ -139,12 +140,9 @@ async def dead_letters(
 
 # -- tables -------------------------------------------------------------------------------
 
-TABLES = {
-    "focus_sessions": "SELECT * FROM focus_sessions ORDER BY session_id",
-    "focus_user_stats": "SELECT * FROM focus_user_stats ORDER BY user_id",
-    "session_events": "SELECT * FROM session_events ORDER BY session_id, event_id",
-    "focus_user_weekly": "SELECT * FROM focus_user_weekly ORDER BY user_id, week_start",
-}
+#: Every read-model table of the registry, ordered by its key (a new read model is compared
+#: by every test that compares snapshots without being named here).
+TABLES = {t.name: f"SELECT * FROM {t.name} ORDER BY {', '.join(t.key)}" for t in READ_MODELS}
 
 
 def snapshot(database_url: str) -> dict[str, list[tuple[Any, ...]]]:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from focus_sessions.producers import events as ev
 from focus_sessions.projections.batch import Located, Plan, plan
 from focus_sessions.projections.fold import History, SessionRow, Status
+from focus_sessions.projections.readmodels import user_totals
 from tests.unit.histories import minutes, pomodoro
 
 
@@ -37,7 +38,7 @@ class Store:
             self.status[(sid, eid)] = status
         for row in result.rows:
             self.rows[row.session_id] = row
-        for user, d in result.deltas.items():
+        for user, d in result.rollups[user_totals.MODEL.name].items():
             r = self.rollups[user]
             for name in (
                 "sessions_started",
@@ -156,8 +157,9 @@ def test_a_session_won_by_another_users_earlier_start_moves_between_their_rollup
     store = Store()
     store.project(bens)
     moved = store.project([cats])
-    assert moved.deltas["ben"].sessions_started == -1 and moved.deltas["ben"].recompute_last
-    assert moved.deltas["cat"].sessions_started == 1
+    deltas = moved.rollups[user_totals.MODEL.name]
+    assert deltas["ben"].sessions_started == -1 and deltas["ben"].recompute_last
+    assert deltas["cat"].sessions_started == 1
     assert as_plain(store.rollups) == as_plain(recompute(list(store.rows.values())))
     assert store.rows[sid].user_id == "cat"
 

@@ -25,7 +25,7 @@ from focus_sessions.contracts.events import WIRE_TYPES, CloudEvent
 from focus_sessions.producers.simulate import Profile, generate
 from focus_sessions.projections import wire
 from focus_sessions.projections.fold import fact
-from focus_sessions.projections.repository import (
+from focus_sessions.projections.readmodels.sessions import (
     SESSION_EVENT_COLUMNS,
     event_from_record,
     event_record,

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from focus_sessions.consumers.replay.memory import Rollups, ShadowState, build, state_of
 from focus_sessions.contracts.codec import decode, encode
 from focus_sessions.producers import events as ev
-from focus_sessions.projections import weekly
 from focus_sessions.projections.batch import Located, plan
 from focus_sessions.projections.fold import derive
-from focus_sessions.projections.repository import event_record, session_record
+from focus_sessions.projections.readmodels import ROLLUPS, daily, user_totals, weekly
+from focus_sessions.projections.readmodels.sessions import event_record, session_record
 from tests.support.stream import stream
 from tests.unit.histories import T0, minutes
 
@@ -33,6 +33,7 @@ def live_fold(events: list, cuts: list[int]) -> tuple[dict, dict, dict, dict]:
     statuses: dict = {}
     users: dict = {}
     weeks: dict = {}
+    days: dict = {}
     bounds = [0, *sorted(cuts), len(events)]
     for lo, hi in itertools.pairwise(bounds):
         batch = [Located(e, 0, lo + i) for i, e in enumerate(events[lo:hi])]
@@ -48,23 +49,25 @@ def live_fold(events: list, cuts: list[int]) -> tuple[dict, dict, dict, dict]:
             statuses[new.located.event.id] = new.status.value
         for _, eid, status in result.status_changes:
             statuses[eid] = status.value
-        for user, d in result.deltas.items():
+        daily.MODEL.merge(days, result.rollups[daily.MODEL.name])
+        for user, d in result.rollups[user_totals.MODEL.name].items():
             total = users.setdefault(user, [0, 0, 0, 0, 0, 0])
             for i, v in enumerate((d.sessions_started, d.sessions_ended, d.sessions_completed,
                                    d.focus_seconds, d.planned_minutes, d.interruptions)):
                 total[i] += v
-    return rows, statuses, users, weeks
+    return rows, statuses, users, weeks, list(daily.MODEL.records(days))
 
 
-def replay_fold(events: list) -> tuple[dict, dict, dict, dict]:
+def replay_fold(events: list) -> tuple[dict, dict, dict, dict, list]:
     state = ShadowState()
     for i, e in enumerate(events):
         state.add(e, 0, i)
     out = build(state, event_record, session_record)
     rows = {r[0]: r for r in out.sessions}
     statuses = {r[1]: r[4] for r in out.events}
-    users = {r[0]: list(r[1:7]) for r in out.rollups.user_records()}
-    return rows, statuses, users, dict(out.rollups.weeks)
+    users = {r[0]: list(r[1:7]) for r in out.rollups.records(user_totals.MODEL)}
+    return (rows, statuses, users, dict(out.rollups.sums[weekly.MODEL.name]),
+            list(out.rollups.records(daily.MODEL)))
 
 
 @settings(max_examples=25, deadline=None)
@@ -75,13 +78,14 @@ def test_replay_fold_equals_the_live_batches_for_any_order_and_batching(seed, cu
     if shuffle:  # arrival order never matters (guarantee 2), so replay may not depend on it
         random.Random(seed).shuffle(events)
     cuts = [c for c in cuts if c < len(events)]
-    live_rows, live_status, live_users, live_weeks = live_fold(events, cuts)
-    rows, statuses, users, weeks = replay_fold(events)
+    live_rows, live_status, live_users, live_weeks, live_days = live_fold(events, cuts)
+    rows, statuses, users, weeks, days = replay_fold(events)
     assert len(rows) > 50
     assert rows == live_rows
     assert statuses == live_status
     assert users == live_users
     assert weeks == live_weeks == weekly.rollup(rows.values())
+    assert days == live_days == daily.MODEL.expected(rows.values())[daily.USERS.name]
 
 
 def test_a_duplicate_is_stored_once_where_the_log_first_held_it():
@@ -113,8 +117,8 @@ def test_sessions_split_over_two_workers_fold_to_the_single_pass_result():
 
     single = build(state_of((e, 0, i) for i, e in enumerate(events)), event_record, session_record)
     assert sorted(rows) == sorted(single.sessions)
-    assert list(merged.user_records()) == list(single.rollups.user_records())
-    assert merged.weeks == single.rollups.weeks
+    for rollup in ROLLUPS:
+        assert list(merged.records(rollup)) == list(single.rollups.records(rollup))
 
 
 def test_a_week_starts_on_monday_in_the_users_time_zone():
@@ -160,7 +164,10 @@ def derive_history(events):
 
 def test_an_event_record_holds_what_rebuilds_the_event_for_either_decoder():
     from focus_sessions.projections import wire as fast
-    from focus_sessions.projections.repository import SESSION_EVENT_COLUMNS, event_from_record
+    from focus_sessions.projections.readmodels.sessions import (
+        SESSION_EVENT_COLUMNS,
+        event_from_record,
+    )
 
     sid = ev.started("ada", T0).data.session_id
     # every value distinct (recorded times later than the facts), so no column can stand in

@@ -4,24 +4,35 @@ A session counts in the week (Monday to Sunday, ISO) in which it *started*, in t
 its start event (UTC when the start named none). Only ended sessions contribute, so a week row
 exists exactly when the user ended at least one session that started in it; a row whose
 ``sessions_ended`` falls to zero (its only end turned out to contradict an earlier start) is
-deleted rather than kept at zero. Pure: no I/O, no clock, no settings.
+deleted rather than kept at zero. The functions are pure; :class:`Weekly` adds the SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+from psycopg import sql
+
 from focus_sessions.projections.fold import SessionRow
+from focus_sessions.projections.readmodels.base import Rollup, Sums, Table, add_into
+from focus_sessions.projections.staging import stage
 
 _ZERO = Decimal(0)
 
 #: ``(user_id, week_start)``: the primary key of ``focus_user_weekly``.
 WeekKey = tuple[str, date]
+
+TABLE = Table(
+    "focus_user_weekly",
+    ("user_id", "week_start", "sessions_ended", "sessions_completed", "focus_seconds"),
+    ("varchar", "date", "int8", "int8", "numeric"),
+    key=("user_id", "week_start"),
+)
 
 
 @dataclass(slots=True)
@@ -91,12 +102,7 @@ def accumulate(
     into: MutableMapping[WeekKey, WeekDelta], changes: Mapping[WeekKey, WeekDelta]
 ) -> None:
     """Merge ``changes`` into ``into`` (a batch's running total), dropping zero entries."""
-    for key, change in changes.items():
-        total = into[key] + change if key in into else change
-        if total:
-            into[key] = total
-        else:
-            into.pop(key, None)
+    add_into(into, changes)  # type: ignore[arg-type]
 
 
 def rollup(rows: Iterable[SessionRow]) -> dict[WeekKey, WeekDelta]:
@@ -108,3 +114,53 @@ def rollup(rows: Iterable[SessionRow]) -> dict[WeekKey, WeekDelta]:
             key, add = found
             weeks[key] = weeks[key] + add if key in weeks else add
     return weeks
+
+
+class Weekly(Rollup):
+    name = "weekly"
+    tables = (TABLE,)
+
+    def change(self, sums: Sums, old: SessionRow | None, new: SessionRow | None) -> None:
+        add_into(sums, delta(old, new))
+
+    def add(self, sums: Sums, row: SessionRow) -> None:
+        found = contribution(row)
+        if found is not None:
+            key, add = found
+            sums[key] = sums[key] + add if key in sums else add
+
+    def merge(self, into: Sums, other: Sums) -> None:
+        add_into(into, other)
+
+    def user_of(self, key: WeekKey) -> str:
+        return key[0]
+
+    def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
+        for key in sorted(sums):
+            w = sums[key]
+            yield (key[0], key[1], w.sessions_ended, w.sessions_completed, w.focus_seconds)
+
+    async def apply(self, cur: Any, schema: str, sums: Sums) -> None:
+        """Staged by binary COPY in key order (a stable lock order), then one upsert; weeks
+        left with no ended session are deleted."""
+        if not sums:
+            return
+        table = TABLE.at(schema)
+        await stage(cur, table, "focus_user_weekly_batch", TABLE.columns, TABLE.types,
+                    self.records(sums))
+        await cur.execute(sql.SQL(
+            "INSERT INTO {t} AS w ({cols}) SELECT {cols} FROM focus_user_weekly_batch"
+            " ORDER BY user_id, week_start"
+            " ON CONFLICT (user_id, week_start) DO UPDATE SET"
+            " sessions_ended = w.sessions_ended + EXCLUDED.sessions_ended,"
+            " sessions_completed = w.sessions_completed + EXCLUDED.sessions_completed,"
+            " focus_seconds = w.focus_seconds + EXCLUDED.focus_seconds"
+        ).format(t=table, cols=TABLE.column_list()))
+        await cur.execute(sql.SQL(
+            "DELETE FROM {t} w USING focus_user_weekly_batch b"
+            " WHERE w.user_id = b.user_id AND w.week_start = b.week_start"
+            " AND w.sessions_ended = 0"
+        ).format(t=table))
+
+
+MODEL = Weekly()
