@@ -32,8 +32,8 @@ from tests.support.stream import stream
 
 pytestmark = pytest.mark.slow
 
-ASSIGNED = re.compile(r" (worker-\d) consumers\.projector assigned \[([\d, ]+)\]")
-STARTED = re.compile(r" (worker-\d) focus\.workers started \(pid")
+ASSIGNED = re.compile(r" (worker-\d) focus_sessions\.consumers\.projector assigned \[([\d, ]+)\]")
+STARTED = re.compile(r" (worker-\d) focus_sessions\.workers started \(pid")
 
 
 def assignments(log: str) -> dict[str, set[int]]:
@@ -43,7 +43,7 @@ def assignments(log: str) -> dict[str, set[int]]:
 
 def stopped(log: str) -> list[str]:
     """Workers that logged run_projector's last line (batch in hand committed, group left)."""
-    return sorted(re.findall(r" (worker-\d) focus\.bootstrap projector stopped", log))
+    return sorted(re.findall(r" (worker-\d) focus_sessions\.bootstrap projector stopped", log))
 
 
 def supervisor(settings, tmp_path, name="supervisor", **options) -> ProjectorProcess:
