@@ -111,3 +111,42 @@ def test_the_app_image_is_built_from_the_dockerfile_on_python_311_slim() -> None
     assert 'ENTRYPOINT ["focus"]' in dockerfile
     for name in ("migrate", "projector", "api"):
         assert compose()["services"][name]["build"] == "."
+
+
+def _compose_kafka_setting(env: dict[str, Any], key: str) -> str | None:
+    value = env.get("KAFKA_" + key.upper().replace(".", "_"))
+    return None if value is None else str(value).lower()
+
+
+def test_the_kafka_image_is_the_version_the_maven_project_fetches() -> None:
+    from focus_sessions.apache import POM, kafka_version
+
+    images = {compose()["services"][name]["image"] for name in ("kafka", "topics")}
+    assert images == {f"apache/kafka:{kafka_version(POM)}"}
+
+
+def test_the_local_apache_broker_has_the_settings_of_the_compose_broker() -> None:
+    # one node: every replication factor 1, as in compose; the topic is kept forever, uncompacted
+    from focus_sessions.apache import cluster_settings
+
+    env = compose()["services"]["kafka"]["environment"]
+    local = cluster_settings(nodes=1)
+    assert {key: _compose_kafka_setting(env, key) for key in local} == local
+    assert local["log.retention.ms"] == "-1"
+    assert local["log.cleanup.policy"] == "delete"
+
+
+def test_compose_creates_the_topics_with_the_retention_and_cleanup_of_the_broker() -> None:
+    script = compose()["services"]["topics"]["command"][0]
+    assert "--config retention.ms=-1 --config cleanup.policy=delete" in script
+    assert "--replication-factor 1" in script
+
+
+def test_a_three_node_cluster_replicates_three_times_and_needs_two_in_sync_replicas() -> None:
+    from focus_sessions.apache import cluster_settings
+
+    three = cluster_settings(nodes=3)
+    assert three["default.replication.factor"] == "3"
+    assert three["offsets.topic.replication.factor"] == "3"
+    assert three["min.insync.replicas"] == "2"
+    assert three["transaction.state.log.min.isr"] == "2"
