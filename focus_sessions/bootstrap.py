@@ -1,6 +1,14 @@
-"""The composition root: builds brokers, connections and repositories from settings.
+"""The composition root: every process's pieces are built here, from settings.
 
-Nothing connects at import time; tests pass overrides instead of patching modules.
+* ``focus project``: :func:`build_projector` (consumer, producer, repository), run by
+  :func:`run_projector` until :func:`stop_on_signals` fires;
+* ``focus api``: :func:`api_pool` and :func:`api_writer` (the app factory,
+  :func:`focus_sessions.api.app.create_app`, adds routes and middleware around them);
+* ``focus replay`` / ``focus verify``: :func:`build_replayer` and :func:`verify_read_models`.
+
+Each builder imports what only its process needs when it is called, so a command loads only
+its own dependencies (``focus project`` loads no FastAPI, ``focus api`` no replay). Nothing
+connects at import time; tests pass overrides instead of patching modules.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ import asyncio
 import gc
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,7 +25,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from focus_sessions.consumers.backoff import Backoff
 from focus_sessions.consumers.projector import Projector
 from focus_sessions.projections.repository import ProjectionRepository
-from focus_sessions.settings import ProjectorSettings
+from focus_sessions.settings import CommonSettings, ProjectorSettings
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from focus_sessions.api.settings import ApiSettings
+    from focus_sessions.consumers.replay.follow import ReplayProgress
+    from focus_sessions.consumers.replay.replayer import Replayer
+    from focus_sessions.producers.http import KafkaWriter
+    from focus_sessions.projections.verify import VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +54,18 @@ def producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+def servers(settings: CommonSettings, needs: str) -> tuple[str, str]:
+    """The settings' (broker, database URL); ``needs`` names the caller in the error."""
+    kafka, url = settings.kafka_bootstrap_servers, settings.database_url
+    if not (kafka and url):
+        raise ValueError(f"{needs} needs resolved settings: KAFKA_BOOTSTRAP_SERVERS and "
+                         "DATABASE_URL (focus_sessions.servers.resolved fills them in)")
+    return kafka, url
+
+
 def build_projector(settings: ProjectorSettings, schema: str = "public") -> Projector:
     """A projector wired to the settings' broker and database (not started)."""
-    url, kafka = settings.database_url, settings.kafka_bootstrap_servers
-    if not (url and kafka):
-        raise ValueError(
-            "build_projector needs resolved settings (focus_sessions.servers.resolved)")
+    kafka, url = servers(settings, "build_projector")
 
     async def connect() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=5)
@@ -107,3 +130,75 @@ async def run_projector(projector: Projector, stopping: asyncio.Event) -> None:
         await projector.consumer.stop()
         await projector.producer.stop()
         log.info("projector stopped: %s", projector.stats)
+
+
+def api_pool(settings: ApiSettings) -> AsyncConnectionPool[Any]:
+    """The API's PostgreSQL pool, not yet open. Getting a connection waits at most
+    ``FOCUS_API_DB_TIMEOUT_MS``, and every connection carries a server-side
+    ``statement_timeout`` of the same length, for a server that is slow rather than hung
+    (:class:`focus_sessions.api.deps.Database` bounds a hung one)."""
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg_pool import AsyncConnectionPool
+
+    _, url = servers(settings, "api_pool")
+    timeout_ms = settings.focus_api_db_timeout_ms
+    given = str(conninfo_to_dict(url).get("options") or "")
+    return AsyncConnectionPool(
+        url, min_size=settings.focus_api_pool_min, max_size=settings.focus_api_pool_max,
+        open=False, timeout=timeout_ms / 1000, name="focus-api",
+        kwargs={"autocommit": True, "connect_timeout": 5,
+                "options": f"{given} -c statement_timeout={timeout_ms}".strip()},
+    )
+
+
+def api_writer(settings: ApiSettings, started: AIOKafkaProducer | None = None) -> KafkaWriter:
+    """The API's publisher: keyed by user, ``acks=all``, each publish bounded by
+    ``FOCUS_API_PUBLISH_TIMEOUT_MS``; it connects on first use unless ``started`` (a producer
+    the caller started, and stops) is given."""
+    from focus_sessions.producers.http import KafkaWriter
+
+    kafka, _ = servers(settings, "api_writer")
+    timeout_ms = settings.focus_api_publish_timeout_ms
+    return KafkaWriter(lambda: producer(kafka, linger_ms=0, request_timeout_ms=timeout_ms),
+                       settings.focus_events_topic, kafka, timeout_ms / 1000, started)
+
+
+def build_replayer(
+    settings: ProjectorSettings, progress: ReplayProgress | None = None, *,
+    users: frozenset[str] | None = None, workers: int | None = None,
+    shadow: str = "focus_shadow", keep_retired: bool = False,
+) -> Replayer:
+    """``focus replay``: rebuilds the read models from the settings' topic into ``shadow``."""
+    from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers
+    from focus_sessions.consumers.replay.replayer import Replayer
+    from focus_sessions.migrate import migrate
+
+    kafka, url = servers(settings, "build_replayer")
+    options = ReplayOptions(bootstrap=kafka, url=url, topic=settings.focus_events_topic,
+                            shadow=shadow, users=users, workers=workers or default_workers(),
+                            keep_retired=keep_retired)
+    return Replayer(options, migrate, progress)
+
+
+async def verify_read_models(
+    settings: ProjectorSettings, examples: int = 5
+) -> tuple[VerifyReport, str | None]:
+    """``focus verify``: every read model against its definition, and the stored positions
+    against the log's ends; without a broker the latter are skipped and the second item says
+    why."""
+    from aiokafka.errors import KafkaError
+
+    from focus_sessions.consumers.replay.follow import topic_log_ends
+    from focus_sessions.projections.verify import verify
+
+    kafka, url = servers(settings, "verify_read_models")
+    ends: dict[int, int] | None = None
+    error: str | None = None
+    try:
+        ends = await topic_log_ends(kafka, settings.focus_events_topic)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        report = await verify(conn, topic=settings.focus_events_topic, log_ends=ends,
+                              examples=examples)
+    return report, error

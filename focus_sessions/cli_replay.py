@@ -1,5 +1,6 @@
 """CLI commands for the replay area (registered by focus_sessions.cli): ``replay`` and
-``verify``."""
+``verify``. They parse options and print; :mod:`focus_sessions.bootstrap` builds the replayer
+and runs the checks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,7 +27,6 @@ from focus_sessions.settings import ProjectorSettings, from_environment
 
 if TYPE_CHECKING:
     from focus_sessions.consumers.replay.replayer import ReplayReport
-    from focus_sessions.projections.verify import VerifyReport
 
 console = Console(stderr=True)
 
@@ -76,22 +75,15 @@ def replay(
                                                "focus_retired_<time> schema.")] = False,
 ) -> None:
     """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
-    from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers
-    from focus_sessions.consumers.replay.replayer import Replayer
-    from focus_sessions.migrate import migrate
+    from focus_sessions.bootstrap import build_replayer
     from focus_sessions.servers import resolved
 
     settings = resolved(from_environment(ProjectorSettings))
-    assert settings.kafka_bootstrap_servers
-    assert settings.database_url
     chosen = frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None
-    options = ReplayOptions(
-        bootstrap=settings.kafka_bootstrap_servers, url=settings.database_url,
-        topic=settings.focus_events_topic, shadow=shadow_schema, users=chosen,
-        workers=workers or default_workers(), keep_retired=keep_retired,
-    )
     progress = RichProgress()
-    report = asyncio.run(Replayer(options, migrate, progress).run(dry_run=dry_run))
+    replayer = build_replayer(settings, progress, users=chosen, workers=workers,
+                              shadow=shadow_schema, keep_retired=keep_retired)
+    report = asyncio.run(replayer.run(dry_run=dry_run))
     progress.bars.stop()
     console.print(f"replayed {report.events:,} events ({report.duplicates:,} duplicates, "
                   f"{report.dead_letters:,} dead letters) in {report.bulk_seconds:.1f} s: "
@@ -126,12 +118,11 @@ def verify(
     examples: Annotated[int, typer.Option(min=0, help="Examples printed per check.")] = 5,
 ) -> None:
     """Check that every read model equals its definition; exit 1 on any mismatch."""
+    from focus_sessions.bootstrap import verify_read_models
     from focus_sessions.servers import resolved
 
     settings = resolved(from_environment(ProjectorSettings))
-    assert settings.kafka_bootstrap_servers
-    assert settings.database_url
-    report, broker_error = asyncio.run(_verify(settings, examples))
+    report, broker_error = asyncio.run(verify_read_models(settings, examples))
     if broker_error:
         console.print(f"[yellow]broker {settings.kafka_bootstrap_servers} not reachable "
                       f"({broker_error}): log end checks skipped[/yellow]")
@@ -150,27 +141,6 @@ def verify(
             console.print(f"      {example}", markup=False)
     if not report.ok:
         raise typer.Exit(1)
-
-
-async def _verify(settings: ProjectorSettings, examples: int) -> tuple[VerifyReport, str | None]:
-    from aiokafka.errors import KafkaError
-
-    from focus_sessions.consumers.replay.follow import topic_log_ends
-    from focus_sessions.projections.verify import verify as run
-
-    assert settings.kafka_bootstrap_servers
-    assert settings.database_url
-    ends: dict[int, int] | None = None
-    error: str | None = None
-    try:
-        ends = await topic_log_ends(settings.kafka_bootstrap_servers,
-                                    settings.focus_events_topic)
-    except (KafkaError, OSError, TimeoutError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        report = await run(conn, topic=settings.focus_events_topic, log_ends=ends,
-                           examples=examples)
-    return report, error
 
 
 def register(app: typer.Typer) -> None:

@@ -1,9 +1,10 @@
 """The app factory: ``create_app(settings)`` builds the API; nothing connects at import time.
 
 Connections open in the lifespan: the PostgreSQL pool (unless one is passed in), the analytics
-cache's LISTEN connection (:mod:`focus_sessions.api.listener`) and, lazily on the first write, the
-Kafka
-producer, so the read side serves even while Kafka is down.
+cache's LISTEN connection (:mod:`focus_sessions.api.listener`) and, lazily on the first write,
+the Kafka producer, so the read side serves even while Kafka is down. The pool and the writer
+are built by the composition root, :mod:`focus_sessions.bootstrap`; this module adds the routes,
+middleware and error handlers around them.
 
 Bounds (see docs/api.md): a body over ``FOCUS_API_MAX_BODY_BYTES`` is refused unread
 (:mod:`focus_sessions.api.limits`); every PostgreSQL use ends within ``FOCUS_API_DB_TIMEOUT_MS`` and
@@ -23,7 +24,6 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from focus_sessions import bootstrap
@@ -36,7 +36,6 @@ from focus_sessions.api.limits import BodyLimit
 from focus_sessions.api.listener import listen
 from focus_sessions.api.settings import ApiSettings
 from focus_sessions.contracts.asyncapi import asyncapi_document
-from focus_sessions.producers.http import KafkaWriter
 from focus_sessions.projections.queries import ReadQueries
 
 DESCRIPTION = """Pomodoro focus sessions, event-sourced: writes publish events to Kafka, reads
@@ -53,10 +52,7 @@ def create_app(
 ) -> FastAPI:
     """Build the API. A ``pool`` passed in must be open and a ``producer`` started; the app
     uses them and leaves closing them to the caller. Otherwise it owns what it builds."""
-    if not (settings.database_url and settings.kafka_bootstrap_servers):
-        raise ValueError("create_app needs resolved settings: DATABASE_URL and "
-                         "KAFKA_BOOTSTRAP_SERVERS (focus_sessions.servers.resolved fills them in)")
-    database_url, kafka = settings.database_url, settings.kafka_bootstrap_servers
+    kafka, database_url = bootstrap.servers(settings, "create_app")
     db_timeout_ms = settings.focus_api_db_timeout_ms
 
     @asynccontextmanager
@@ -64,26 +60,17 @@ def create_app(
         async with AsyncExitStack() as stack:
             db = pool
             if db is None:
-                db = AsyncConnectionPool(
-                    database_url, min_size=settings.focus_api_pool_min,
-                    max_size=settings.focus_api_pool_max, open=False,
-                    timeout=db_timeout_ms / 1000,
-                    kwargs={"autocommit": True, "connect_timeout": 5,
-                            "options": _with_statement_timeout(database_url, db_timeout_ms)},
-                    name="focus-api",
-                )
+                db = bootstrap.api_pool(settings)
                 await db.open(wait=False)
                 stack.push_async_callback(db.close)
             database = Database(db, db_timeout_ms / 1000)
             stack.push_async_callback(database.abandoned.close)
-            writer = KafkaWriter(
-                lambda: bootstrap.producer(kafka, linger_ms=0, request_timeout_ms=timeout_ms),
-                settings.focus_events_topic, kafka, timeout_ms / 1000, producer,
-            )
+            writer = bootstrap.api_writer(settings, producer)
             stack.push_async_callback(writer.close)
             services = Services(
                 database, queries, writer, settings.focus_api_source,
-                settings.focus_api_wait_ms / 1000, cache, timeout_ms / 1000, kafka,
+                settings.focus_api_wait_ms / 1000, cache,
+                settings.focus_api_publish_timeout_ms / 1000, kafka,
             )
             stack.push_async_callback(services.background.close)
             app.state.services = services
@@ -94,7 +81,6 @@ def create_app(
                 stack.push_async_callback(_cancel, task)
             yield
 
-    timeout_ms = settings.focus_api_publish_timeout_ms
     app = FastAPI(title="Focus Sessions API", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.verifier = TokenVerifier(settings.jwt_secret, settings.focus_jwt_audience)
@@ -143,14 +129,6 @@ async def healthz(svc: Svc) -> Response:
     return json_response(models.HealthOut(status="ok" if ok else "degraded", database=database,
                                           broker=broker, analytics_cache=cache),
                          200 if ok else 503, None if ok else errors.RETRY_AFTER)
-
-
-def _with_statement_timeout(url: str, timeout_ms: int) -> str:
-    """The URL's libpq ``options`` plus a server-side ``statement_timeout``: a slow server ends
-    a statement itself (a hung one never does: :class:`focus_sessions.api.deps.Database` covers
-    that)."""
-    given = str(conninfo_to_dict(url).get("options") or "")
-    return f"{given} -c statement_timeout={timeout_ms}".strip()
 
 
 async def _ping(conn: psycopg.AsyncConnection[Any]) -> None:

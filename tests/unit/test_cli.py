@@ -239,8 +239,10 @@ def api_stack(modules: set[str]) -> list[str]:
     (["project"], ("focus_sessions.bootstrap", "focus_sessions.workers",
                    "focus_sessions.topics", "focus_sessions.servers")),
     (["migrate"], ("focus_sessions.migrate", "focus_sessions.servers")),
-    (["verify"], ()),
-    (["replay"], ()),
+    (["verify"], ("focus_sessions.bootstrap", "focus_sessions.projections.verify",
+                  "focus_sessions.consumers.replay.follow")),
+    (["replay"], ("focus_sessions.bootstrap", "focus_sessions.consumers.replay.replayer",
+                  "focus_sessions.migrate")),
 ], ids=["project", "migrate", "verify", "replay"])
 def test_commands_that_serve_no_http_never_import_the_api_stack(
     command: list[str], body: tuple[str, ...],
@@ -251,6 +253,19 @@ def test_commands_that_serve_no_http_never_import_the_api_stack(
 def test_the_api_command_still_loads_its_area() -> None:
     # the check above can see the API stack when it is there
     assert {"fastapi", "focus_sessions.api"} <= set(api_stack(loaded_by(["api"])))
+
+
+@pytest.mark.parametrize(("command", "body"), [
+    (["project"], ("focus_sessions.bootstrap", "focus_sessions.workers")),
+    (["api"], ("focus_sessions.api.app", "uvicorn")),
+], ids=["project", "api"])
+def test_the_serving_commands_never_import_the_replay(
+    command: list[str], body: tuple[str, ...],
+) -> None:
+    loaded = loaded_by(command, body)
+    assert "focus_sessions.bootstrap" in loaded  # both are built by the one composition root
+    assert sorted(m for m in loaded if m.startswith(("focus_sessions.consumers.replay",
+                                                     "focus_sessions.projections.verify"))) == []
 
 
 def test_help_lists_every_command_with_its_summary() -> None:
