@@ -138,7 +138,7 @@ class Daily(Rollup):
     async def apply(self, cur: Any, schema: str, sums: Sums) -> None:
         """One statement adds the per-user deltas and, from the rows they changed, the day
         totals (a user's row appearing or going moves ``active_users``); then rows left at
-        zero are deleted. Staged by binary COPY, written in key order (a stable lock order)."""
+        zero are deleted, when a delta took a start back (nothing else can leave one at zero). Staged by binary COPY, written in key order (a stable lock order)."""
         if not sums:
             return
         await stage(cur, USERS.at(schema), "focus_daily_users_batch", USERS.columns,
@@ -165,6 +165,8 @@ class Daily(Rollup):
             " ORDER BY day ON CONFLICT (day) DO UPDATE SET {totalled}"
         ).format(users=USERS.at(schema), cols=USERS.column_list(), added=added, summed=summed,
                  totals=TOTALS.at(schema), total_cols=TOTALS.column_list(), totalled=totalled))
+        if not any(d.sessions_started < 0 for d in sums.values()):
+            return  # only a start taken back (a session moved or retracted) can empty a row
         await cur.execute(sql.SQL(
             "DELETE FROM {users} u USING focus_daily_users_batch b"
             " WHERE u.user_id = b.user_id AND u.day = b.day AND u.sessions_started = 0"

@@ -142,7 +142,7 @@ class Weekly(Rollup):
 
     async def apply(self, cur: Any, schema: str, sums: Sums) -> None:
         """Staged by binary COPY in key order (a stable lock order), then one upsert; weeks
-        left with no ended session are deleted."""
+        left with no ended session are deleted (only a negative delta can leave one)."""
         if not sums:
             return
         table = TABLE.at(schema)
@@ -156,6 +156,8 @@ class Weekly(Rollup):
             " sessions_completed = w.sessions_completed + EXCLUDED.sessions_completed,"
             " focus_seconds = w.focus_seconds + EXCLUDED.focus_seconds"
         ).format(t=table, cols=TABLE.column_list()))
+        if not any(w.sessions_ended < 0 for w in sums.values()):
+            return  # only an end taken back (a session moved or retracted) can empty a week
         await cur.execute(sql.SQL(
             "DELETE FROM {t} w USING focus_user_weekly_batch b"
             " WHERE w.user_id = b.user_id AND w.week_start = b.week_start"

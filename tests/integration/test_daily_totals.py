@@ -57,9 +57,19 @@ async def test_daily_totals_equal_their_definition_live_after_replay_and_on_the_
     kafka_bootstrap, fresh_database, fresh_topics
 ):
     topic = fresh_topics.events
+    *first, takes_back = history()
     async with running_projector(settings_for(kafka_bootstrap, fresh_database, fresh_topics)):
-        await publish(kafka_bootstrap, topic, history())
+        await publish(kafka_bootstrap, topic, first)
         await caught_up(kafka_bootstrap, fresh_database, topic)
+        for table in ("focus_daily_users", "focus_user_weekly"):
+            assert rows(fresh_database, f"SELECT count(*) FROM {table} WHERE user_id = 'ben'"
+                        ) == [(1,)], table
+        # a later batch takes ben's start back: his day and week rows go (the deletes' path)
+        await publish(kafka_bootstrap, topic, [takes_back])
+        await caught_up(kafka_bootstrap, fresh_database, topic)
+    for table in ("focus_daily_users", "focus_user_weekly"):
+        assert rows(fresh_database, f"SELECT count(*) FROM {table} WHERE user_id = 'ben'"
+                    ) == [(0,)], table
     live = rows(fresh_database, STORED)
     assert len(live) >= 3
     assert live == rows(fresh_database, DEFINITION)
