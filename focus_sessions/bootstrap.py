@@ -40,17 +40,22 @@ log = logging.getLogger(__name__)
 
 
 def producer(bootstrap_servers: str, **overrides: Any) -> AIOKafkaProducer:
-    """A producer that waits for all in-sync replicas. Idempotence is off because the embedded
-    broker refuses it; duplicates that may cause are removed by event id downstream."""
+    """A producer that waits for all in-sync replicas, idempotent where the broker grants it
+    (``FOCUS_KAFKA_IDEMPOTENCE``, see :mod:`focus_sessions.idempotence`). The embedded tansu
+    broker refuses it; the duplicates a retry may then write are removed by event id
+    downstream. An ``enable_idempotence`` override skips the question."""
+    from focus_sessions.idempotence import idempotent_sync
+
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers,
         "acks": "all",
-        "enable_idempotence": False,
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": 15_000,
     }
     options.update(overrides)
+    if "enable_idempotence" not in options:
+        options["enable_idempotence"] = idempotent_sync(bootstrap_servers)
     return AIOKafkaProducer(**options)
 
 

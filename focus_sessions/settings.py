@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +32,10 @@ class CommonSettings(BaseSettings):
     )
     focus_data_dir: Path = Field(
         Path(".focus"), description="Where the embedded servers keep their files."
+    )
+    focus_kafka_idempotence: Literal["auto", "on", "off"] = Field(
+        "auto", description="Idempotent producers: on, off, or auto (ask the broker once; "
+        "Apache Kafka grants them, the embedded tansu broker refuses them).",
     )
 
 
