@@ -103,12 +103,22 @@ class Daily(Rollup):
     tables = (USERS, TOTALS)
 
     def change(self, sums: Sums, old: SessionRow | None, new: SessionRow | None) -> None:
-        if old is not None:
-            key, before = contribution(old)
-            add_into(sums, {key: -before})
         if new is not None:
             key, after = contribution(new)
-            add_into(sums, {key: after})
+            if old is not None:
+                was, before = contribution(old)
+                if was == key:  # the usual change: same user and day, new figures
+                    after = after + -before
+                else:
+                    add_into(sums, {was: -before})
+            total = sums[key] + after if key in sums else after
+            if total:
+                sums[key] = total
+            else:
+                sums.pop(key, None)
+        elif old is not None:
+            key, before = contribution(old)
+            add_into(sums, {key: -before})
 
     def add(self, sums: Sums, row: SessionRow) -> None:
         key, add = contribution(row)
@@ -138,7 +148,8 @@ class Daily(Rollup):
     async def apply(self, cur: Any, schema: str, sums: Sums) -> None:
         """One statement adds the per-user deltas and, from the rows they changed, the day
         totals (a user's row appearing or going moves ``active_users``); then rows left at
-        zero are deleted, when a delta took a start back (nothing else can leave one at zero). Staged by binary COPY, written in key order (a stable lock order)."""
+        zero are deleted, when a delta took a start back (nothing else can leave one at
+        zero). Staged by binary COPY, written in key order (a stable lock order)."""
         if not sums:
             return
         await stage(cur, USERS.at(schema), "focus_daily_users_batch", USERS.columns,
