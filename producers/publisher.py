@@ -5,9 +5,10 @@
         await publisher.end_session("user-42", receipt.session_id, completed=True)
 
 Events are CloudEvents JSON keyed by ``user_id`` (all of a user's events share a partition, so
-they stay in order), sent with ``acks=all``. Idempotence is off: the embedded development broker
-refuses idempotent producers, and the projector drops duplicates by event ``id`` anyway, so a
-retried send can never count twice. Bad input raises pydantic's ``ValidationError`` before
+they stay in order), sent with ``acks=all`` and, where the broker grants it, idempotence
+(``FOCUS_KAFKA_IDEMPOTENCE``, see :mod:`focus_sessions.idempotence`): Apache Kafka does, the
+embedded development broker does not. Either way the projector drops duplicates by event ``id``,
+so a retried send can never count twice. Bad input raises pydantic's ``ValidationError`` before
 anything is sent.
 
 Create the topic before the first event (``focus emit`` and the compose stack do): a broker that
@@ -33,6 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from focus_sessions.contracts.codec import encode
 from focus_sessions.contracts.events import DEFAULT_PLANNED_MINUTES, WIRE_TYPES, CloudEvent
 from focus_sessions.contracts.topics import EVENTS_TOPIC
+from focus_sessions.idempotence import Idempotence, idempotent
 from focus_sessions.producers import events as build
 
 
@@ -94,8 +96,10 @@ class Publisher:
         clock: Callable[[], datetime] = _now,
         producer: AIOKafkaProducer | None = None,
         request_timeout_ms: int = 15_000,
+        idempotence: Idempotence | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.idempotence = idempotence  # None: the FOCUS_KAFKA_IDEMPOTENCE setting
         self.topic = topic
         self.source = source
         self._clock = clock
@@ -108,10 +112,11 @@ class Publisher:
         if self._started:
             return
         if self._producer is None:
-            # acks=all: the answer means every in-sync replica has the event. No idempotence:
-            # see the module docstring. linger_ms=0: a single event should not wait for company.
+            # acks=all: the answer means every in-sync replica has the event. Idempotence: see
+            # the module docstring. linger_ms=0: a single event should not wait for company.
             self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=False,
+                bootstrap_servers=self.bootstrap_servers, acks="all",
+                enable_idempotence=await idempotent(self.bootstrap_servers, self.idempotence),
                 linger_ms=0, request_timeout_ms=self._request_timeout_ms,
             )
         try:

