@@ -102,6 +102,18 @@ async def log_end_offsets(
     return ends
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[int] | None:
+    """``topic``'s partitions from fresh metadata; ``None`` when the broker does not know it.
+
+    Not ``consumer.partitions_for_topic`` after ``consumer.topics()``: ``topics()`` fetches every
+    topic's metadata but leaves the consumer's own view alone, which on Apache Kafka holds only
+    the topics it was given (tansu happened to answer with all of them).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic)
+    return None if partitions is None else sorted(partitions)
+
+
 async def topic_log_ends(bootstrap: str, topic: str, *, timeout: float = 5.0) -> dict[int, int]:  # noqa: ASYNC109
     """Every partition's log end offset of ``topic`` (:func:`log_end_offsets`), read by a
     consumer of its own; ``timeout`` bounds connecting and each request."""
@@ -109,8 +121,7 @@ async def topic_log_ends(bootstrap: str, topic: str, *, timeout: float = 5.0) ->
                                 request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(consumer.start(), timeout)
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic) or ()]
         consumer.assign(tps)
         return await log_end_offsets(consumer, tps)
     finally:
@@ -142,9 +153,9 @@ class Follower:
     async def log_ends(self) -> dict[int, int]:
         """Every partition's end offset now; refuses a log whose beginning was deleted."""
         topic = self.options.topic
-        if topic not in await self.consumer.topics():
+        partitions = await partitions_of(self.consumer, topic)
+        if partitions is None:
             raise TopicUnavailable(f"topic {topic!r} does not exist on {self.options.bootstrap}")
-        partitions = sorted(self.consumer.partitions_for_topic(topic) or ())
         self.tps = [TopicPartition(topic, p) for p in partitions]
         self.consumer.assign(self.tps)
         self.consumer.pause(*self.tps)
