@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -24,6 +25,7 @@ AREAS = {
     "schema": "focus_sessions.cli_produce",
     "replay": "focus_sessions.cli_replay", "verify": "focus_sessions.cli_replay",
 }
+_HELP_ONLY = "focus_sessions.cli.help_only"
 # A click command as typer builds it (recent typer vendors its own click, older ones use click)
 Command = Any
 
@@ -67,9 +69,41 @@ class _FocusGroup(TyperGroup):
         super().__init__(**attrs)
         self.commands = _AreaCommands(commands)
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[_HELP_ONLY] = "--help" in args  # the callback does nothing for a help page
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics.",
                   cls=_FocusGroup, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+#: Commands that say on stderr which broker they use (``emit`` and ``simulate`` say it
+#: themselves: they also take ``--bootstrap-servers``).
+SAYS_BROKER = frozenset({"project", "api", "replay", "verify"})
+
+
+@app.callback()
+def _every_command(ctx: typer.Context) -> None:
+    # Runs before any command. A running `focus dev` supplies what the environment lacks
+    # (its token secret: focus_sessions.servers.dev_environment), so `focus token` signs with
+    # the secret its API verifies with; then the command's broker line.
+    command = ctx.invoked_subcommand
+    if command in (None, "dev") or ctx.meta.get(_HELP_ONLY):
+        return
+    from pydantic import ValidationError
+
+    from focus_sessions.servers import ServersNotConfigured, broker, broker_line, dev_environment
+    from focus_sessions.settings import CommonSettings
+
+    try:
+        settings = CommonSettings()
+    except ValidationError:
+        return  # the command itself names the invalid setting
+    os.environ.update(dev_environment(settings, os.environ))
+    if command in SAYS_BROKER:
+        with contextlib.suppress(ServersNotConfigured):  # the command says what to set
+            typer.echo(broker_line(*broker(settings)), err=True)
 
 
 @app.command()

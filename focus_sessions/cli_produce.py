@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 from uuid import UUID
 
 import typer
@@ -17,11 +17,15 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from focus_sessions.contracts.events import CloudEvent
 from focus_sessions.settings import CommonSettings, from_environment
 
+if TYPE_CHECKING:
+    from focus_sessions.producing import Target
+
 emit_app = typer.Typer(help="Publish one event built from options; print its receipt as JSON.",
                        no_args_is_help=True)
 
 Bootstrap = Annotated[str | None, typer.Option(
-    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS, else localhost:9092).")]
+    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS, else the broker of a "
+         "running `focus dev`).")]
 Topic = Annotated[str | None, typer.Option(
     help="Events topic (default: $FOCUS_EVENTS_TOPIC, else focus.session.events).")]
 CreateTopic = Annotated[bool, typer.Option(
@@ -65,18 +69,34 @@ def _validated() -> Iterator[None]:
 def _send(event: CloudEvent, bootstrap: str | None, topic: str | None, create_topic: bool,
           timeout: float, dry_run: bool) -> None:
     from focus_sessions.producers.publisher import PublisherError
-    from focus_sessions.producing import ProduceError, emit, target
+    from focus_sessions.producing import ProduceError, emit
     from focus_sessions.topics import TopicProvisioningError
 
     if dry_run:
         typer.echo(event.model_dump_json())
         return
-    where = target(from_environment(CommonSettings), bootstrap, topic, create_topic, timeout)
+    where = target_broker(bootstrap, topic, create_topic, timeout)
     try:
         receipt = asyncio.run(emit(where, event))
     except (ProduceError, PublisherError, TopicProvisioningError) as error:
         _fail(str(error))
     typer.echo(json.dumps({**receipt.as_json(), "bootstrap_servers": where.bootstrap_servers}))
+
+
+def target_broker(bootstrap: str | None, topic: str | None, create_topic: bool,
+                  timeout: float) -> Target:
+    """Where ``emit`` and ``simulate`` publish, found as every command finds its broker
+    (:func:`focus_sessions.servers.broker`), and said in one line on stderr."""
+    from focus_sessions.producing import target
+    from focus_sessions.servers import ServersNotConfigured, broker, broker_line
+
+    settings = from_environment(CommonSettings)
+    try:
+        chosen, origin = broker(settings, bootstrap)
+    except ServersNotConfigured as error:
+        _fail(str(error))
+    typer.echo(broker_line(chosen, origin), err=True)
+    return target(settings, chosen, topic, create_topic, timeout)
 
 
 @emit_app.command("started")

@@ -21,9 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from focus_sessions.cli_produce import Bootstrap, CreateTopic, Timeout, Topic
+from focus_sessions.cli_produce import Bootstrap, CreateTopic, Timeout, Topic, target_broker
 from focus_sessions.producers.simulate import Profile, Simulation
-from focus_sessions.settings import CommonSettings, from_environment
 
 
 @contextmanager
@@ -74,9 +73,12 @@ def simulate(
 
     profile = Profile(ended_v1_share=ended_v1_share, abandon_share=abandon_share)
     simulation = Simulation(users, sessions, seed, profile)
+    publishing = out is None and not dry_run
+    # before the progress bar takes the terminal: the broker line, or why there is none
+    where = target_broker(bootstrap_servers, topic, create_topic, timeout) if publishing else None
     with ExitStack() as stack:
         advance = stack.enter_context(_progress(simulation, progress and str(out) != "-"))
-        if out is not None or dry_run:
+        if where is None:
             sink = None
             if out is not None:
                 stream = (typer.get_binary_stream("stdout") if str(out) == "-"
@@ -88,8 +90,6 @@ def simulate(
             report = producing.generate_only(simulation, sink, advance)
             mode = "generated"
         else:
-            where = producing.target(from_environment(CommonSettings), bootstrap_servers,
-                                     topic, create_topic, timeout)
             try:
                 report = asyncio.run(producing.simulate(
                     where, simulation, rate=rate or None, progress=advance))
