@@ -18,7 +18,7 @@ import logging
 from typing import Literal
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from focus_sessions.embedded import run_coroutine_sync
@@ -34,28 +34,32 @@ _granted: dict[str, bool] = {}
 
 
 async def broker_grants_idempotence(
-    bootstrap_servers: str, timeout: float = 3.0  # noqa: ASYNC109 - it bounds two round trips
+    bootstrap_servers: str, timeout: float = 10.0  # noqa: ASYNC109 - bounds several requests
 ) -> bool | None:
     """Ask a broker for a producer id: ``True`` granted, ``False`` refused, ``None`` when no
-    broker answered within ``timeout`` seconds."""
+    broker answered within ``timeout`` seconds. A retriable refusal (a fresh Apache Kafka
+    answers ``COORDINATOR_LOAD_IN_PROGRESS`` for a moment) is asked again."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers,
-                            request_timeout_ms=max(100, int(timeout * 1000)))
+                            request_timeout_ms=max(100, int(min(timeout, 5.0) * 1000)))
     try:
         async with asyncio.timeout(timeout):
             with _quiet_connect_errors():
                 await client.bootstrap()
-            node = client.get_random_node()
-            if node is None:
-                return None
-            answer = await client.send(node, InitProducerIdRequest(
-                transactional_id=None,  # null: not transactional
-                transaction_timeout_ms=60_000,
-            ))
+            while True:
+                node = client.get_random_node()
+                if node is None:
+                    return None
+                answer = await client.send(node, InitProducerIdRequest(
+                    transactional_id=None,  # null: not transactional
+                    transaction_timeout_ms=60_000,
+                ))
+                if not for_code(answer.error_code).retriable:
+                    return int(answer.error_code) == 0
+                await asyncio.sleep(0.1)
     except (KafkaError, OSError, TimeoutError):
         return None
     finally:
         await client.close()
-    return int(answer.error_code) == 0
 
 
 async def idempotent(bootstrap_servers: str, mode: Idempotence | None = None) -> bool:
