@@ -292,7 +292,11 @@ def test_each_area_registers_exactly_the_commands_the_cli_loads_it_for() -> None
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What `focus dev` would have started: nothing runs for real here."""
     runs: list[str] = []
-    monkeypatch.setattr("focus_sessions.dev.run", lambda settings, port: runs.append("stack"))
+    def run(settings: object, port: int, broker: str = "tansu") -> int:
+        runs.append("stack" if broker == "tansu" else f"stack with {broker}")
+        return 0
+
+    monkeypatch.setattr("focus_sessions.dev.run", run)
     return runs
 
 
