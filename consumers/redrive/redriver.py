@@ -1,0 +1,188 @@
+"""Reading the dead-letter topic, and a redrive run: lock, plan, publish in chunks recorded in
+the ledger, at a capped rate.
+
+A run reads the dead-letter topic up to the ends it finds when it starts: letters that its own
+events cause (an event refused again) land after those ends and wait for the next run, whose
+loop guard counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
+
+from focus_sessions.consumers.redrive.ledger import Ledger
+from focus_sessions.consumers.redrive.letters import (
+    REDRIVE_COUNT,
+    REDRIVE_LETTER,
+    REDRIVE_RUN,
+    Letter,
+    LetterFilter,
+    parse_letter,
+)
+from focus_sessions.consumers.redrive.plan import (
+    RedrivePlan,
+    Send,
+    chunk_size,
+    pause,
+    plan_redrive,
+)
+from focus_sessions.consumers.replay.follow import (
+    TopicUnavailable,
+    log_end_offsets,
+    partitions_of,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveOptions:
+    bootstrap: str
+    url: str
+    events_topic: str
+    dlq_topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_letters: int | None = None  # --max
+    rate: float | None = None  # --rate, letters per second
+    max_redrives: int = 3  # --max-redrives
+
+
+class Progress(Protocol):
+    def started(self, total: int) -> None: ...
+    def advanced(self, sent: int) -> None: ...
+
+
+class Silent:
+    def started(self, total: int) -> None:
+        return None
+
+    def advanced(self, sent: int) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class RedriveReport:
+    plan: RedrivePlan
+    run_id: int | None = None
+    sent: int = 0
+    seconds: float = 0.0
+    placed: dict[int, int] = field(default_factory=dict)  # events partition -> letters
+
+
+async def read_letters(bootstrap: str, dlq_topic: str, wanted: LetterFilter | None = None
+                       ) -> AsyncIterator[Letter]:
+    """The letters of ``dlq_topic`` that match ``wanted``, partition by partition in log
+    order, up to the ends the topic has now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, request_timeout_ms=15_000)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, dlq_topic)
+        if partitions is None:
+            raise TopicUnavailable(f"the broker at {bootstrap} has no topic {dlq_topic!r} "
+                                   "(FOCUS_DLQ_TOPIC)")
+        tps = [TopicPartition(dlq_topic, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await log_end_offsets(consumer, tps)
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            end = ends[tp.partition]
+            if starts[tp] >= end:
+                continue
+            consumer.seek(tp, starts[tp])
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                for record in batch.get(tp, []):
+                    if record.offset >= end:
+                        break
+                    letter = parse_letter(record.partition, record.offset, record.timestamp,
+                                          record.value, list(record.headers))
+                    if wanted is None or wanted.matches(letter):
+                        yield letter
+    finally:
+        await consumer.stop()
+
+
+class Redriver:
+    """``focus dlq redrive``: letters back to the events topic, at most once each."""
+
+    def __init__(self, options: RedriveOptions, producer: AIOKafkaProducer,
+                 progress: Progress | None = None) -> None:
+        self.options = options
+        self.producer = producer
+        self.progress = progress or Silent()
+
+    async def run(self, wanted: LetterFilter, limits: Limits, *, dry_run: bool = False
+                  ) -> RedriveReport:
+        """Plan (and unless ``dry_run``, send) the letters that match ``wanted``.
+
+        Raises :class:`focus_sessions.consumers.redrive.ledger.RedriveBusy` when another run
+        of the same dead-letter topic holds the lock (a dry run takes no lock)."""
+        o = self.options
+        ledger = await Ledger.open(o.url, o.dlq_topic)
+        try:
+            if not dry_run:
+                await ledger.lock()
+            prior = await ledger.prior()
+            letters = [x async for x in read_letters(o.bootstrap, o.dlq_topic, wanted)]
+            plan = plan_redrive(letters, prior, events_topic=o.events_topic,
+                                max_redrives=limits.max_redrives, max_letters=limits.max_letters)
+            report = RedriveReport(plan)
+            if dry_run or not plan.sends:
+                return report
+            record = {**wanted.as_dict(), "max": limits.max_letters, "rate": limits.rate,
+                      "max_redrives": limits.max_redrives}
+            report.run_id = await ledger.start(o.events_topic, record, len(plan.sends))
+            try:
+                await self._send(ledger, report, limits.rate)
+            except BaseException:
+                await asyncio.shield(ledger.finish(report.run_id, "interrupted"))
+                raise
+            await ledger.finish(report.run_id)
+            return report
+        finally:
+            await ledger.close()
+
+    async def _send(self, ledger: Ledger, report: RedriveReport, rate: float | None) -> None:
+        """1. record a chunk ``sending``; 2. publish it and await every acknowledgement;
+        3. record it ``sent``; 4. wait as long as ``rate`` asks; repeat."""
+        assert report.run_id is not None
+        sends = report.plan.sends
+        size = chunk_size(rate)
+        self.progress.started(len(sends))
+        began = time.monotonic()
+        await self.producer.start()
+        try:
+            for first in range(0, len(sends), size):
+                chunk = sends[first:first + size]
+                await ledger.sending(report.run_id, chunk)
+                futures = [await self._publish(report.run_id, s) for s in chunk]
+                placed = await asyncio.gather(*futures)
+                acks = [(s, m.partition, m.offset) for s, m in zip(chunk, placed, strict=True)]
+                await ledger.sent(report.run_id, acks)
+                for _, partition, _ in acks:
+                    report.placed[partition] = report.placed.get(partition, 0) + 1
+                report.sent += len(chunk)
+                self.progress.advanced(report.sent)
+                await asyncio.sleep(pause(report.sent, time.monotonic() - began, rate))
+        finally:
+            report.seconds = time.monotonic() - began
+            await self.producer.stop()
+
+    async def _publish(self, run_id: int, send: Send) -> asyncio.Future[RecordMetadata]:
+        letter = send.letter
+        headers = [(REDRIVE_COUNT, str(send.count).encode()),
+                   (REDRIVE_RUN, str(run_id).encode()),
+                   (REDRIVE_LETTER,
+                    f"{self.options.dlq_topic}:{letter.partition}:{letter.offset}".encode())]
+        future: asyncio.Future[RecordMetadata] = await self.producer.send(
+            self.options.events_topic, letter.value, key=letter.key(), headers=headers)
+        return future
