@@ -24,6 +24,7 @@ AREAS = {
     "emit": "focus_sessions.cli_produce", "simulate": "focus_sessions.cli_produce",
     "schema": "focus_sessions.cli_produce",
     "replay": "focus_sessions.cli_replay", "verify": "focus_sessions.cli_replay",
+    "dlq": "focus_sessions.cli_dlq",
 }
 _HELP_ONLY = "focus_sessions.cli.help_only"
 # A click command as typer builds it (recent typer vendors its own click, older ones use click)
