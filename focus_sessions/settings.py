@@ -65,6 +65,15 @@ class ProjectorSettings(CommonSettings):
         1, ge=1, le=64, description="Projector worker processes `focus project` runs on this "
         "machine (one per core; more than the partitions leaves some idle). 1: no supervisor.",
     )
+    focus_projector_metrics_port: int = Field(
+        9465, ge=0, le=65535, description="Port of the projector's `/metrics` and `/healthz` "
+        "(every interface; with --processes N the supervisor serves all workers). 0: metrics "
+        "and health off.",
+    )
+    focus_projector_health_window_s: float = Field(
+        60.0, gt=0, le=86_400, description="`/healthz` turns 503 when the projector has not "
+        "polled for this long, or has lag and has committed nothing for this long.",
+    )
 
 
 def from_environment(kind: type[S], **overrides: Any) -> S:
