@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from focus_sessions.apache import ApacheKafka, fetch_jars, new_cluster_id
 from focus_sessions.bootstrap import producer
-from focus_sessions.embedded import EmbeddedKafka, EmbeddedServerError, free_port
+from focus_sessions.embedded import EmbeddedServerError, free_port
 from focus_sessions.idempotence import broker_grants_idempotence, idempotent
 from focus_sessions.producers.publisher import Publisher
 from focus_sessions.topics import ensure_topics
@@ -38,36 +38,6 @@ def scratch() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="focus-apache-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def apache(broker_kind: str, kafka_bootstrap: str) -> Iterator[str]:
-    """An Apache Kafka: the session's when it is one, else a single node of this module's."""
-    if broker_kind == "apache":
-        yield kafka_bootstrap
-        return
-    if shutil.which("java") is None:
-        pytest.skip("Apache Kafka needs Java 17+ (and Maven once, for the jars)")
-    folder = Path(tempfile.mkdtemp(prefix="focus-apache-test-"))
-    try:
-        with ApacheKafka(folder) as kafka:
-            yield kafka.bootstrap_servers
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def tansu(broker_kind: str, kafka_bootstrap: str) -> Iterator[str]:
-    """A tansu broker: the session's when it is one, else this module's."""
-    if broker_kind == "tansu":
-        yield kafka_bootstrap
-        return
-    folder = Path(tempfile.mkdtemp(prefix="focus-tansu-test-"))
-    try:
-        with EmbeddedKafka(folder) as kafka:
-            yield kafka.bootstrap_servers
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
@@ -178,12 +148,12 @@ def test_the_format_step_reports_what_the_storage_tool_said(scratch: Path) -> No
 
 
 async def test_apache_kafka_grants_idempotent_producers_and_tansu_refuses_them(
-    apache: str, tansu: str
+    apache_bootstrap: str, tansu_bootstrap: str
 ) -> None:
-    assert await broker_grants_idempotence(apache) is True
-    assert await broker_grants_idempotence(tansu) is False
-    assert await idempotent(apache, "auto") is True
-    assert await idempotent(tansu, "auto") is False
+    assert await broker_grants_idempotence(apache_bootstrap) is True
+    assert await broker_grants_idempotence(tansu_bootstrap) is False
+    assert await idempotent(apache_bootstrap, "auto") is True
+    assert await idempotent(tansu_bootstrap, "auto") is False
 
 
 async def test_off_and_on_need_no_broker_and_an_unreachable_one_means_not_idempotent(
@@ -198,10 +168,10 @@ async def test_off_and_on_need_no_broker_and_an_unreachable_one_means_not_idempo
 
 
 async def test_the_producer_factory_follows_the_setting_on_each_broker(
-    apache: str, tansu: str, monkeypatch: pytest.MonkeyPatch
+    apache_bootstrap: str, tansu_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FOCUS_KAFKA_IDEMPOTENCE", "auto")
-    for bootstrap, granted in ((apache, True), (tansu, False)):
+    for bootstrap, granted in ((apache_bootstrap, True), (tansu_bootstrap, False)):
         await ensure_topics(bootstrap, {"idempotence.check": 1})
         kafka = producer(bootstrap)
         await kafka.start()
@@ -217,12 +187,12 @@ async def test_the_producer_factory_follows_the_setting_on_each_broker(
 
 
 async def test_insisting_on_idempotence_against_tansu_fails_loudly_at_start(
-    tansu: str, monkeypatch: pytest.MonkeyPatch
+    tansu_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # why auto exists: tansu lists InitProducerId among its API versions, then refuses it
     monkeypatch.setenv("FOCUS_KAFKA_IDEMPOTENCE", "on")
-    await ensure_topics(tansu, {"idempotence.check": 1})
-    kafka: AIOKafkaProducer = producer(tansu, request_timeout_ms=3000)
+    await ensure_topics(tansu_bootstrap, {"idempotence.check": 1})
+    kafka: AIOKafkaProducer = producer(tansu_bootstrap, request_timeout_ms=3000)
     try:
         with pytest.raises(KafkaError):
             await kafka.start()
