@@ -21,7 +21,8 @@ from typer.testing import CliRunner, Result
 from focus_sessions.api.auth import ANALYTICS, SCOPES, SELF, WRITE, TokenVerifier
 from focus_sessions.api.settings import DEV_JWT_SECRET, MIN_SECRET_LENGTH
 from focus_sessions.cli import AREAS, app
-from focus_sessions.servers import ServersNotConfigured
+from focus_sessions.servers import ServersNotConfigured, ensure_dev_secret, write_state
+from focus_sessions.settings import CommonSettings
 
 
 @pytest.fixture(autouse=True)
@@ -341,3 +342,98 @@ def test_dev_with_servers_of_ones_own_needs_no_embedded_packages(
     result = focus("dev")
     assert result.exit_code == 0, result.output
     assert started == ["stack"]
+
+
+# --- a running `focus dev` supplies what the environment lacks --------------------------------
+
+
+def running_dev_stack(data_dir: Path, bootstrap: str = "127.0.0.1:9") -> str:
+    """Write dev.json and the secret file as a running `focus dev` would (this test process
+    stands in for it); return the secret."""
+    secret, path = ensure_dev_secret(data_dir)
+    write_state(CommonSettings(focus_data_dir=data_dir), bootstrap, "postgresql://nowhere/x",
+                broker="tansu", jwt_secret_file=path)
+    return secret
+
+
+def test_token_signs_with_the_secret_of_the_running_focus_dev(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    secret = running_dev_stack(tmp_path)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", "unset below")  # so that the undo removes it again
+    monkeypatch.delenv("FOCUS_JWT_SECRET")
+    result = focus("token", "ada")
+    assert result.exit_code == 0, result.output
+    assert TokenVerifier(secret, "focus-sessions").verify(result.stdout.strip()).subject == "ada"
+
+
+def test_an_exported_secret_wins_over_the_running_focus_dev(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    running_dev_stack(tmp_path)
+    mine = secrets.token_urlsafe(48)
+    monkeypatch.setenv("FOCUS_JWT_SECRET", mine)
+    result = focus("token", "ada")
+    assert claims(result.stdout.strip(), mine)["sub"] == "ada"
+
+
+def test_emit_without_a_broker_or_a_dev_stack_says_what_to_set_and_guesses_nothing(
+    tmp_path: Path,
+) -> None:
+    result = focus("emit", "started", "-u", "ada", "--timeout", "0.2")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("KAFKA_BOOTSTRAP_SERVERS not set, and no `focus dev`")
+    assert "localhost:9092 (" not in result.stderr  # no broker was tried
+
+
+@pytest.mark.parametrize("command", [
+    ["emit", "started", "-u", "ada", "--timeout", "0.2"],
+    ["simulate", "--sessions", "1", "--no-progress", "--timeout", "0.2"],
+])
+def test_emit_and_simulate_publish_to_the_running_focus_dev_and_say_so(
+    tmp_path: Path, command: list[str],
+) -> None:
+    running_dev_stack(tmp_path, bootstrap="127.0.0.1:9")  # nothing answers there: fails fast
+    result = focus(*command)
+    first = result.stderr.splitlines()[0]
+    assert first == (f"focus: broker 127.0.0.1:9 (from tansu of the running `focus dev`, "
+                     f"pid {os.getpid()}, {tmp_path / 'dev.json'})")
+    assert "No Kafka broker answered at '127.0.0.1:9'" in result.stderr
+
+
+def test_bootstrap_servers_option_wins_and_is_named_as_the_origin(tmp_path: Path) -> None:
+    running_dev_stack(tmp_path)
+    result = focus("emit", "started", "-u", "ada", "--timeout", "0.2",
+                   "--bootstrap-servers", "127.0.0.1:7")
+    assert result.stderr.splitlines()[0] == (
+        "focus: broker 127.0.0.1:7 (from --bootstrap-servers)")
+
+
+def test_a_help_page_says_nothing_about_brokers(tmp_path: Path) -> None:
+    running_dev_stack(tmp_path)
+    result = focus("verify", "--help")
+    assert result.exit_code == 0
+    assert "focus: broker" not in result.output
+
+
+def test_dev_refuses_broker_apache_next_to_a_broker_of_ones_own(
+    monkeypatch: pytest.MonkeyPatch, started: list[str],
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    result = focus("dev", "--broker", "apache")
+    assert result.exit_code == 2
+    assert started == []
+    assert "KAFKA_BOOTSTRAP_SERVERS=kafka:9092" in result.stderr
+
+
+def test_dev_passes_broker_apache_on(started: list[str]) -> None:
+    result = focus("dev", "--broker", "apache")
+    assert result.exit_code == 0, result.output
+    assert started == ["stack with apache"]
+
+
+def test_dev_refuses_an_unknown_broker(started: list[str]) -> None:
+    result = focus("dev", "--broker", "redpanda")
+    assert result.exit_code == 2
+    assert "tansu, apache" in result.stderr
+    assert started == []

@@ -20,9 +20,14 @@ from focus_sessions.embedded import (
 )
 from focus_sessions.servers import (
     ServersNotConfigured,
+    broker,
+    broker_line,
     clear_state,
     database_url,
+    dev_environment,
+    ensure_dev_secret,
     resolved,
+    running_dev_stack,
     state_path,
     write_state,
 )
@@ -179,6 +184,72 @@ def test_write_state_creates_the_data_folder_and_clear_state_forgets_the_stack(
     with pytest.raises(ServersNotConfigured):
         resolved(settings)
     clear_state(settings)  # already gone: nothing to do, no error
+
+
+# --- the broker a command uses, and where it came from ---------------------------------------
+
+
+def test_the_broker_comes_from_the_option_then_the_environment_then_a_running_focus_dev(
+    tmp_path: Path,
+) -> None:
+    write_state(common(tmp_path), DEV_KAFKA, DEV_DB, broker="apache")
+    assert broker(common(tmp_path, ENV_KAFKA), "opt:1") == ("opt:1", "--bootstrap-servers")
+    assert broker(common(tmp_path, ENV_KAFKA)) == (ENV_KAFKA, "KAFKA_BOOTSTRAP_SERVERS")
+    assert broker(common(tmp_path)) == (
+        DEV_KAFKA, f"apache of the running `focus dev`, pid {os.getpid()}, {tmp_path}/dev.json")
+    assert broker_line(*broker(common(tmp_path, ENV_KAFKA))) == (
+        f"focus: broker {ENV_KAFKA} (from KAFKA_BOOTSTRAP_SERVERS)")
+
+
+def test_without_any_broker_the_command_is_told_what_to_set_not_given_a_default(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ServersNotConfigured, match=r"^KAFKA_BOOTSTRAP_SERVERS not set"):
+        broker(common(tmp_path))
+
+
+# --- the development token secret -----------------------------------------------------------
+
+
+def test_the_dev_secret_is_made_once_readable_by_its_owner_only_and_then_kept(
+    tmp_path: Path,
+) -> None:
+    secret, path = ensure_dev_secret(tmp_path)
+    assert len(secret) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o644)  # loosened by hand: tightened again, same secret
+    assert ensure_dev_secret(tmp_path) == (secret, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_running_focus_dev_supplies_its_secret_only_when_none_is_exported(
+    tmp_path: Path,
+) -> None:
+    secret, path = ensure_dev_secret(tmp_path)
+    write_state(common(tmp_path), DEV_KAFKA, DEV_DB, jwt_secret_file=path)
+    assert dev_environment(common(tmp_path), {}) == {"FOCUS_JWT_SECRET": secret}
+    assert dev_environment(common(tmp_path), {"FOCUS_JWT_SECRET": "mine"}) == {}
+
+
+def test_no_secret_comes_from_a_dev_stack_that_died_or_was_given_one(tmp_path: Path) -> None:
+    _, path = ensure_dev_secret(tmp_path)
+    write_dev_json(tmp_path, dead_pid(), jwt_secret_file=str(path))
+    assert dev_environment(common(tmp_path), {}) == {}
+    write_state(common(tmp_path), DEV_KAFKA, DEV_DB)  # `focus dev` ran with FOCUS_JWT_SECRET
+    assert dev_environment(common(tmp_path), {}) == {}
+
+
+def test_dev_json_is_private_and_names_the_pids_of_what_runs(tmp_path: Path) -> None:
+    _, secret_file = ensure_dev_secret(tmp_path)
+    path = write_state(common(tmp_path), DEV_KAFKA, DEV_DB, broker="tansu",
+                       jwt_secret_file=secret_file, pids={"project": 11, "api": 12})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stack = running_dev_stack(common(tmp_path))
+    assert stack is not None
+    assert (stack.broker, stack.jwt_secret_file, dict(stack.pids)) == (
+        "tansu", secret_file, {"project": 11, "api": 12})
+    assert [p.name for p in tmp_path.iterdir()] in (
+        ["dev.json", "dev-jwt-secret"], ["dev-jwt-secret", "dev.json"])  # no scratch file left
 
 
 # --- focus_sessions.embedded: failures a person can act on
