@@ -14,17 +14,20 @@ import httpx
 import pytest
 
 from focus_sessions.embedded import free_port
+from tests.support.infra import chosen_broker
 
 
 @pytest.fixture
 def dev_stack(tmp_path):
-    """``focus dev`` in a subprocess, on free ports, in its own data folder."""
+    """``focus dev`` in a subprocess, on free ports, in its own data folder, with the broker
+    ``FOCUS_TEST_BROKER`` names (tansu unless set)."""
     port = free_port()
     env = {**os.environ, "FOCUS_DATA_DIR": str(tmp_path / ".focus"), "FOCUS_API_PORT": str(port)}
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "FOCUS_JWT_SECRET"):
         env.pop(name, None)  # the embedded default, as on a fresh machine
     out = (tmp_path / "dev.out").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "focus_sessions.cli", "dev"], env=env,
+    command = [sys.executable, "-m", "focus_sessions.cli", "dev", "--broker", chosen_broker()]
+    proc = subprocess.Popen(command, env=env,
                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     deadline = time.monotonic() + 120
     token = None
