@@ -2,7 +2,8 @@
 
 The embedded broker accepts every create request and always has a leader, so the answers of a
 real cluster that it never gives (a refused create, metadata that lags behind a create) are
-scripted with :class:`ScriptedAdmin`, which answers in the shapes aiokafka returns.
+scripted with :class:`ScriptedAdmin`, which answers in the shapes aiokafka returns; the last
+test gets a refusal from a real Apache Kafka.
 """
 
 from __future__ import annotations
@@ -228,3 +229,17 @@ def test_starting_a_running_embedded_broker_again_keeps_the_same_process(tmp_pat
         assert kafka.start() is kafka
         assert (kafka.pid, kafka.bootstrap_servers) == (pid, address)
     assert kafka.pid is None
+
+
+async def test_apache_kafka_refuses_more_replicas_than_brokers_and_the_error_says_so(
+    apache_bootstrap: str,
+) -> None:
+    # the refusal scripted above, from a real broker (tansu would accept it)
+    name = f"replicas.t{time.monotonic_ns()}"
+    with pytest.raises(TopicProvisioningError) as raised:
+        await ensure_topics(apache_bootstrap, {name: 1}, replication_factor=3, timeout=10)
+    message = str(raised.value)
+    assert message.startswith(
+        f"Broker {apache_bootstrap!r} refused to create topic {name!r}: "
+        "InvalidReplicationFactorError")
+    assert "only 1 broker(s) are registered" in message
