@@ -234,7 +234,7 @@ def redrive(
     options = RedriveOptions(settings.kafka_bootstrap_servers, settings.database_url,
                              settings.focus_events_topic, settings.focus_dlq_topic)
     bar = _Bar()
-    redriver = Redriver(options, producer(options.bootstrap), bar)
+    redriver = Redriver(options, lambda: producer(options.bootstrap), bar)
     limits = Limits(max_letters=max_letters, rate=rate, max_redrives=max_redrives)
     try:
         report = asyncio.run(redriver.run(_filter(reason, user, session, since, until), limits,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,7 +74,8 @@ class RedriveReport:
     run_id: int | None = None
     sent: int = 0
     seconds: float = 0.0
-    placed: dict[int, int] = field(default_factory=dict)  # events partition -> letters
+    #: ``(partition, offset)`` in the events topic of each letter sent.
+    placed: list[tuple[int, int]] = field(default_factory=list)
 
 
 async def read_letters(bootstrap: str, dlq_topic: str, wanted: LetterFilter | None = None
@@ -114,10 +115,12 @@ async def read_letters(bootstrap: str, dlq_topic: str, wanted: LetterFilter | No
 class Redriver:
     """``focus dlq redrive``: letters back to the events topic, at most once each."""
 
-    def __init__(self, options: RedriveOptions, producer: AIOKafkaProducer,
+    def __init__(self, options: RedriveOptions, producer: Callable[[], AIOKafkaProducer],
                  progress: Progress | None = None) -> None:
+        """``producer`` makes the producer, in the run's event loop, when there is something
+        to send (:func:`focus_sessions.bootstrap.producer` in ``focus dlq``)."""
         self.options = options
-        self.producer = producer
+        self.make_producer = producer
         self.progress = progress or Silent()
 
     async def run(self, wanted: LetterFilter, limits: Limits, *, dry_run: bool = False
@@ -159,30 +162,31 @@ class Redriver:
         size = chunk_size(rate)
         self.progress.started(len(sends))
         began = time.monotonic()
-        await self.producer.start()
+        producer = self.make_producer()
+        await producer.start()
         try:
             for first in range(0, len(sends), size):
                 chunk = sends[first:first + size]
                 await ledger.sending(report.run_id, chunk)
-                futures = [await self._publish(report.run_id, s) for s in chunk]
+                futures = [await self._publish(producer, report.run_id, s) for s in chunk]
                 placed = await asyncio.gather(*futures)
                 acks = [(s, m.partition, m.offset) for s, m in zip(chunk, placed, strict=True)]
                 await ledger.sent(report.run_id, acks)
-                for _, partition, _ in acks:
-                    report.placed[partition] = report.placed.get(partition, 0) + 1
+                report.placed.extend((partition, offset) for _, partition, offset in acks)
                 report.sent += len(chunk)
                 self.progress.advanced(report.sent)
                 await asyncio.sleep(pause(report.sent, time.monotonic() - began, rate))
         finally:
             report.seconds = time.monotonic() - began
-            await self.producer.stop()
+            await producer.stop()
 
-    async def _publish(self, run_id: int, send: Send) -> asyncio.Future[RecordMetadata]:
+    async def _publish(self, producer: AIOKafkaProducer, run_id: int, send: Send
+                       ) -> asyncio.Future[RecordMetadata]:
         letter = send.letter
         headers = [(REDRIVE_COUNT, str(send.count).encode()),
                    (REDRIVE_RUN, str(run_id).encode()),
                    (REDRIVE_LETTER,
                     f"{self.options.dlq_topic}:{letter.partition}:{letter.offset}".encode())]
-        future: asyncio.Future[RecordMetadata] = await self.producer.send(
+        future: asyncio.Future[RecordMetadata] = await producer.send(
             self.options.events_topic, letter.value, key=letter.key(), headers=headers)
         return future
