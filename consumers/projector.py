@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from psycopg import sql
 
 from focus_sessions.consumers.backoff import Backoff
 from focus_sessions.consumers.dlq import (
@@ -34,9 +36,10 @@ from focus_sessions.consumers.dlq import (
     contradiction_letter,
     dead_letter,
 )
+from focus_sessions.consumers.metrics import HELD_QUERY, ProjectorMetrics
 from focus_sessions.contracts import topics
 from focus_sessions.contracts.codec import PoisonEvent
-from focus_sessions.projections.batch import Located, plan, session_ids
+from focus_sessions.projections.batch import Located, Plan, plan, session_ids
 from focus_sessions.projections.repository import Advance, Fenced, ProjectionRepository, Unstorable
 from focus_sessions.projections.wire import decode_message
 
@@ -54,6 +57,9 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 UNSENDABLE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 ConnectionFactory = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+#: With metrics on: how often an idle projector refreshes its heartbeat and lag gauges, and
+#: the least time between two counts of the held events.
+TICK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -82,6 +88,8 @@ class Span:
     count: int = 0
     last_offset: int = -1
     last_event_time: datetime | None = None
+    #: The first valid event's time (log order: the one that waited longest), for metrics.
+    first_event_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,7 @@ class Projector:
         wait_ms: int = 100,
         backoff: Backoff | None = None,
         max_original_bytes: int = MAX_ORIGINAL_BYTES,
+        metrics: ProjectorMetrics | None = None,
     ) -> None:
         self.consumer = consumer
         self.producer = producer
@@ -126,6 +135,16 @@ class Projector:
         self._stopping = asyncio.Event()
         #: Bumped on every seek: batches fetched before it are stale.
         self._generation = 0
+        #: None: metrics off (no gauges, no held-event counts, no idle ticks).
+        self.metrics = metrics
+        #: Heartbeat: Unix time of the last poll of the broker.
+        self.polled_at = time.time()
+        #: Per partition, (last offset, Kafka timestamp in ms of the first record) of each
+        #: fetched chunk not yet committed, oldest first: the lag in seconds (metrics only).
+        self._fetched: dict[int, deque[tuple[int, int]]] = {}
+        self._gone: set[int] = set()  # revoked since the last gauge update
+        self._held_counted = 0.0  # monotonic time of the last count of held events
+        self._held_dirty = True
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -144,20 +163,28 @@ class Projector:
         ready: asyncio.Queue[tuple[int, Decoded]] = asyncio.Queue(maxsize=1)
         fetcher = asyncio.create_task(self._fetch(ready))
         stop = asyncio.create_task(self._stopping.wait())
+        tick = None if self.metrics is None else TICK_SECONDS
+        take: asyncio.Task[tuple[int, Decoded]] | None = None
         try:
             while not self._stopping.is_set():
-                take = asyncio.create_task(ready.get())
-                done, _ = await asyncio.wait({take, stop, fetcher},
+                take = take or asyncio.create_task(ready.get())
+                done, _ = await asyncio.wait({take, stop, fetcher}, timeout=tick,
                                              return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # idle: only with metrics on
+                    await self._observe()
+                    continue
                 if take not in done:
                     take.cancel()
                     if fetcher in done:
                         fetcher.result()  # re-raise what stopped the fetcher
                     break
                 generation, decoded = take.result()
+                take = None
                 if generation == self._generation:
                     await self.project(decoded)
         finally:
+            if take is not None:
+                take.cancel()
             for task in (fetcher, stop):
                 task.cancel()
             await asyncio.gather(fetcher, stop, return_exceptions=True)
@@ -168,6 +195,7 @@ class Projector:
             records = await self.consumer.getmany(
                 timeout_ms=self.wait_ms, max_records=self.max_records
             )
+            self.polled_at = time.time()
             generation = self._generation
             owned = [rs for tp, rs in records.items() if tp.partition in self.expected and rs]
             if owned:
@@ -198,11 +226,15 @@ class Projector:
         unstorable: list[Unstorable] = []
         while True:
             try:
-                await self._apply(decoded, advances, insert_new=insert_new, sent=sent,
-                                  unstorable=unstorable)
+                began = time.perf_counter()
+                result, letters = await self._apply(decoded, advances, insert_new=insert_new,
+                                                    sent=sent, unstorable=unstorable)
+                took = time.perf_counter() - began
                 break
             except Fenced as exc:
                 self.stats.fenced += 1
+                if self.metrics is not None:
+                    self.metrics.fenced.inc()
                 log.warning("batch dropped: %s", exc)
                 # another writer (a replay's swap) may have moved any partition, not only
                 # this batch's: read every owned position again
@@ -234,11 +266,67 @@ class Projector:
         self.stats.events += decoded.count
         self.stats.unstorable += len(unstorable)
         self.stats.last_batch_at = time.monotonic()
+        if self.metrics is not None:
+            self._committed(decoded, result, letters, took, advances)
+            await self._observe()
         await self._commit_kafka_offsets(advances)
+
+    # -- metrics (per batch and per idle tick, never per event) ---------------------------
+
+    def _committed(self, decoded: Decoded, result: Plan, letters: Sequence[DeadLetter],
+                   seconds: float, advances: Sequence[Advance]) -> None:
+        assert self.metrics is not None
+        self.metrics.committed(
+            consumed=decoded.count, projected=len(result.new_events),
+            duplicates=result.duplicates, letters=letters, seconds=seconds,
+            event_times=[s.first_event_time for s in decoded.spans], now=time.time())
+        for adv in advances:
+            chunks = self._fetched.get(adv.partition)
+            while chunks and chunks[0][0] < adv.next_offset:
+                chunks.popleft()
+        self._held_dirty = True
+
+    async def _observe(self) -> None:
+        """Refresh the heartbeat and lag gauges; count the held events when a batch has
+        committed since the last count and a tick has passed."""
+        assert self.metrics is not None
+        now = time.time()
+        lags: dict[int, tuple[int, float]] = {}
+        assigned = self.consumer.assignment()  # highwater() asserts its partition is assigned
+        for p, position in list(self.expected.items()):
+            tp = TopicPartition(self.topic, p)
+            end = self.consumer.highwater(tp) if tp in assigned else None
+            events = 0 if end is None else max(0, end - position)
+            chunks = self._fetched.get(p)
+            lags[p] = (events, max(0.0, now - chunks[0][1] / 1000)
+                       if events and chunks else 0.0)
+        gone, self._gone = self._gone - set(lags), set()
+        self.metrics.partitions(lags, gone, self.polled_at,
+                                caught_up=not any(e for e, _ in lags.values()), now=now)
+        if self._held_dirty and time.monotonic() - self._held_counted >= TICK_SECONDS:
+            await self._count_held(now)
+
+    async def _count_held(self, now: float) -> None:
+        assert self.metrics is not None
+        self._held_counted = time.monotonic()
+        try:
+            conn = await self._connection()
+            async with conn.transaction():
+                cur = await conn.execute(
+                    sql.SQL(HELD_QUERY).format(schema=sql.Identifier(self.repository.schema)))
+                count, oldest = await cur.fetchone() or (0, None)
+        except (psycopg.Error, OSError) as exc:  # a gauge never stops the projection
+            log.warning("held events not counted: %s", exc)
+            await self._close_connection()
+            return
+        self._held_dirty = False
+        self.metrics.held_events(count, oldest, now)
 
     async def _retry(self, exc: BaseException, attempt: int) -> bool:
         """Back off after an infrastructure failure; True when asked to stop meanwhile."""
         self.stats.retries += 1
+        if self.metrics is not None:
+            self.metrics.retries.inc()
         await self._close_connection()
         delay = self.backoff.delay(attempt)
         log.warning("batch failed (%s: %s); retry %d in %.1fs",
@@ -319,8 +407,10 @@ class Projector:
         letters: list[DeadLetter] = []
         spans: list[Span] = []
         count = 0
+        fetched = self._fetched if self.metrics is not None else None
         for records in polled:
             newest: datetime | None = None
+            start = len(located)
             for rec in records:
                 try:
                     event = decode_message(rec.key, rec.value)
@@ -337,7 +427,11 @@ class Projector:
                 if newest is None or event.time > newest:
                     newest = event.time
             last = records[-1]
-            spans.append(Span(last.partition, len(records), last.offset, newest))
+            spans.append(Span(last.partition, len(records), last.offset, newest,
+                              located[start].event.time if len(located) > start else None))
+            if fetched is not None:
+                fetched.setdefault(last.partition, deque()).append(
+                    (last.offset, records[0].timestamp))
             count += len(records)
         return Decoded(located, letters, spans, count)
 
@@ -349,7 +443,7 @@ class Projector:
     async def _apply(
         self, decoded: Decoded, advances: Sequence[Advance], *, insert_new: bool = True,
         sent: set[tuple[bytes, ...]] | None = None, unstorable: Sequence[Unstorable] = (),
-    ) -> None:
+    ) -> tuple[Plan, list[DeadLetter]]:
         conn = await self._connection()
         async with conn.transaction():
             prior = await self.repository.load_histories(conn, session_ids(decoded.located))
@@ -365,6 +459,7 @@ class Projector:
                                         insert_new=insert_new, unstorable=unstorable)
         self.stats.duplicates += result.duplicates
         self.stats.dead_letters += len(letters)
+        return result, letters
 
     async def _publish(self, letters: Sequence[DeadLetter], sent: set[tuple[bytes, ...]]
                        ) -> None:
@@ -406,6 +501,8 @@ class Projector:
                   headers.get(topics.DLQ_ORIGINAL_OFFSET, b"?").decode(),
                   len(letter.value))
         self.stats.letters_lost += 1
+        if self.metrics is not None:
+            self.metrics.dead_letters_unsent.inc()
         sent.add(letter.origin)
 
     # -- positions -----------------------------------------------------------------------
@@ -439,6 +536,7 @@ class Projector:
     def on_revoked(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             self.expected.pop(p, None)
+        self._gone.update(partitions)
         self._rewind()
 
     def _rewind(self) -> None:
@@ -455,6 +553,7 @@ class Projector:
             if tp in assigned:
                 self.consumer.seek(tp, offset)
         self._generation += 1
+        self._fetched.clear()  # what was fetched before the seek is read again
         self.stats.partitions = set(self.expected)
 
     async def _commit_kafka_offsets(self, advances: Sequence[Advance]) -> None:

@@ -23,6 +23,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from focus_sessions.consumers.backoff import Backoff
+from focus_sessions.consumers.metrics import ProjectorMetrics
 from focus_sessions.consumers.projector import Projector
 from focus_sessions.projections.repository import ProjectionRepository
 from focus_sessions.settings import CommonSettings, ProjectorSettings
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from focus_sessions.consumers.replay.replayer import Replayer
     from focus_sessions.producers.http import KafkaWriter
     from focus_sessions.projections.verify import VerifyReport
+    from focus_sessions.telemetry import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +70,18 @@ def servers(settings: CommonSettings, needs: str) -> tuple[str, str]:
     return kafka, url
 
 
-def build_projector(settings: ProjectorSettings, schema: str = "public") -> Projector:
-    """A projector wired to the settings' broker and database (not started)."""
+def build_projector(settings: ProjectorSettings, schema: str = "public", *,
+                    serve: bool = True) -> Projector:
+    """A projector wired to the settings' broker and database (not started). With
+    ``FOCUS_PROJECTOR_METRICS_PORT`` set (not 0) it keeps metrics, and :func:`run_projector`
+    serves them with its health unless ``serve`` is False (a worker: its supervisor serves)."""
     kafka, url = servers(settings, "build_projector")
+    metrics = None
+    if settings.focus_projector_metrics_port:
+        metrics = ProjectorMetrics()
+        if serve:
+            metrics.serve = (settings.focus_projector_metrics_port,
+                             settings.focus_projector_health_window_s)
 
     async def connect() -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(url, connect_timeout=5)
@@ -98,6 +109,7 @@ def build_projector(settings: ProjectorSettings, schema: str = "public") -> Proj
         wait_ms=settings.focus_batch_wait_ms,
         backoff=Backoff(cap=settings.focus_retry_max_seconds),
         max_original_bytes=settings.focus_dlq_max_original_bytes,
+        metrics=metrics,
     )
 
 
@@ -122,19 +134,36 @@ async def run_projector(projector: Projector, stopping: asyncio.Event) -> None:
     the consumer leaves its group, so the partitions move on at once."""
     if stopping.is_set():
         return
+    endpoint = _endpoint(projector)
     gc.freeze()  # what start-up built (modules, settings) is never garbage
     gc.set_threshold(*GC_THRESHOLDS)
     relay = asyncio.create_task(stopping.wait())
     relay.add_done_callback(lambda _: projector.stop())
-    await projector.producer.start()
-    await projector.consumer.start()
     try:
-        await projector.run()
+        await projector.producer.start()
+        await projector.consumer.start()
+        try:
+            await projector.run()
+        finally:
+            relay.cancel()
+            await projector.consumer.stop()
+            await projector.producer.stop()
+            log.info("projector stopped: %s", projector.stats)
     finally:
-        relay.cancel()
-        await projector.consumer.stop()
-        await projector.producer.stop()
-        log.info("projector stopped: %s", projector.stats)
+        if endpoint is not None:
+            endpoint.close()
+
+
+def _endpoint(projector: Projector) -> Endpoint | None:
+    """The projector's ``/metrics`` and ``/healthz``, served from a thread (metrics on and
+    not a worker); None when off or the port is taken (logged)."""
+    if projector.metrics is None or projector.metrics.serve is None:
+        return None
+    from focus_sessions.telemetry import open_endpoint
+
+    port, window = projector.metrics.serve
+    endpoint = open_endpoint(port, projector.metrics.registry, window)
+    return None if endpoint is None else endpoint.start_thread()
 
 
 def api_pool(settings: ApiSettings) -> AsyncConnectionPool[Any]:

@@ -27,6 +27,12 @@ its child-watcher threads: a second SIGTERM arrived after the worker's event loo
 restored SIGTERM's default action, killing it during interpreter shutdown.) So while workers run
 the supervisor has no threads and no event loop: it polls them, and a stop flag set by plain
 signal handlers, ten times a second.
+
+Metrics: with ``FOCUS_PROJECTOR_METRICS_PORT`` set, the supervisor gives its workers a fresh
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode: each worker writes its
+values to files there) and serves their aggregate and health on that port, answering requests
+in its polling loop (:meth:`focus_sessions.telemetry.Endpoint.serve_for`), still without a
+thread. A worker stopped (SIGSTOP) or stuck turns ``/healthz`` unhealthy while the others run.
 """
 
 from __future__ import annotations
@@ -35,13 +41,20 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from focus_sessions.settings import ProjectorSettings, from_environment
+
+if TYPE_CHECKING:
+    from focus_sessions.telemetry import Endpoint
 
 log = logging.getLogger("focus_sessions.workers")  # also when run as __main__ (the workers)
 
@@ -51,6 +64,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 GRACE_SECONDS = 30.0
 POLL_SECONDS = 0.1  # how often the supervisor looks at its workers and its stop flag
 PR_SET_PDEATHSIG = 1
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_PORT, HEALTH_WINDOW = "FOCUS_PROJECTOR_METRICS_PORT", "FOCUS_PROJECTOR_HEALTH_WINDOW_S"
 
 
 # -- supervisor --------------------------------------------------------------------------------
@@ -64,11 +79,19 @@ def worker_commands(processes: int, supervisor_pid: int) -> dict[str, list[str]]
 
 def worker_environment(settings: ProjectorSettings) -> dict[str, str]:
     """This environment plus the servers the supervisor resolved (perhaps from a running
-    ``focus dev``), so that workers read the same settings without resolving them again."""
+    ``focus dev``), so that workers read the same settings without resolving them again; with
+    metrics on, a fresh directory for their metric files, which :func:`supervise` serves and
+    removes."""
     assert settings.kafka_bootstrap_servers
     assert settings.database_url
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "DATABASE_URL": settings.database_url}
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "DATABASE_URL": settings.database_url}
+    env.pop(MULTIPROC_DIR, None)
+    if settings.focus_projector_metrics_port:
+        env[MULTIPROC_DIR] = tempfile.mkdtemp(prefix="focus-metrics-")
+        env[METRICS_PORT] = str(settings.focus_projector_metrics_port)
+        env[HEALTH_WINDOW] = str(settings.focus_projector_health_window_s)
+    return env
 
 
 def stopped_cleanly(returncode: int) -> bool:
@@ -106,13 +129,15 @@ def supervise(
     """Run the workers until a stop is requested or one of them ends, then SIGTERM the rest
     and wait for them. Returns the supervisor's exit status: 0 if every worker stopped
     cleanly, else 1 (crash-only: the service manager restarts the unit)."""
-    workers = _Workers()
+    workers = _Workers(env.get(MULTIPROC_DIR))
+    endpoint = _endpoint(env)
+    wait = time.sleep if endpoint is None else endpoint.serve_for
     try:
         for name, command in commands.items():
             workers.start(name, command, env)
         ended: list[str] = []
         while not (stop.requested or ended):
-            time.sleep(POLL_SECONDS)
+            wait(POLL_SECONDS)
             ended = workers.reap()
         for name in ended:
             if not stopped_cleanly(workers.children[name].returncode):
@@ -120,13 +145,28 @@ def supervise(
                           "service manager restarts the projector", name)
     finally:
         workers.stop(grace)
+        if endpoint is not None:
+            endpoint.close()
+        if MULTIPROC_DIR in env:
+            shutil.rmtree(env[MULTIPROC_DIR], ignore_errors=True)
     return 0 if all(stopped_cleanly(c.returncode) for c in workers.children.values()) else 1
 
 
+def _endpoint(env: Mapping[str, str]) -> Endpoint | None:
+    """The workers' ``/metrics`` and ``/healthz`` (None when metrics are off)."""
+    if MULTIPROC_DIR not in env:
+        return None
+    from focus_sessions.telemetry import open_endpoint, workers_registry
+
+    return open_endpoint(int(env[METRICS_PORT]), workers_registry(Path(env[MULTIPROC_DIR])),
+                         float(env[HEALTH_WINDOW]))
+
+
 class _Workers:
-    def __init__(self) -> None:
+    def __init__(self, metrics_dir: str | None = None) -> None:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self._reported: set[str] = set()
+        self._metrics_dir = metrics_dir
 
     def start(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> None:
         self.children[name] = subprocess.Popen(  # noqa: S603 - our own module
@@ -141,6 +181,10 @@ class _Workers:
             child = self.children[name]
             level = logging.INFO if stopped_cleanly(child.returncode) else logging.ERROR
             log.log(level, "%s (pid %d) %s", name, child.pid, describe(child.returncode))
+            if self._metrics_dir is not None:  # its heartbeat and lag series go with it
+                from prometheus_client.multiprocess import mark_process_dead
+
+                mark_process_dead(child.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
         self._reported.update(ended)
         return ended
 
@@ -177,7 +221,7 @@ async def run_worker(settings: ProjectorSettings) -> None:
     from focus_sessions.bootstrap import build_projector, run_projector, stop_on_signals
 
     stopping = stop_on_signals()
-    await run_projector(build_projector(settings), stopping)
+    await run_projector(build_projector(settings, serve=False), stopping)
 
 
 def main(argv: Sequence[str]) -> None:
