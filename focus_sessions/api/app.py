@@ -34,6 +34,7 @@ from focus_sessions.api.deps import DATABASE_ERRORS, Database, Services, Svc, js
 from focus_sessions.api.fastpath import CachedAnalytics
 from focus_sessions.api.limits import BodyLimit
 from focus_sessions.api.listener import listen
+from focus_sessions.api.metrics import ApiMetrics, Timed
 from focus_sessions.api.settings import ApiSettings
 from focus_sessions.contracts.asyncapi import asyncapi_document
 from focus_sessions.projections.queries import ReadQueries
@@ -89,8 +90,10 @@ def create_app(
                            topic=settings.focus_events_topic)
     app.state.analytics_cache = cache
     app.add_middleware(CachedAnalytics, cache=cache, verifier=app.state.verifier)
-    # added last, so outermost: nothing reads a body before the limit is checked
+    # added after the fast path, so outside it: nothing reads a body before the limit is checked
     app.add_middleware(BodyLimit, max_bytes=settings.focus_api_max_body_bytes)
+    metrics = ApiMetrics(cache)
+    app.add_middleware(Timed, metrics=metrics)  # outermost: every request is timed
     app.include_router(reads.router)
     app.include_router(writes.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"],
@@ -104,6 +107,9 @@ def create_app(
         return JSONResponse(document)
 
     app.add_api_route("/asyncapi", asyncapi, methods=["GET"], tags=["ops"])
+    # Prometheus scrapes it without a token, like any exporter (docs/metrics.md); not part of
+    # the documented API, so it stays out of the OpenAPI schema
+    app.add_api_route("/metrics", metrics.endpoint, methods=["GET"], include_in_schema=False)
     errors.install(app)
     return app
 

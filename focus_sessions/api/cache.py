@@ -53,8 +53,10 @@ class AnalyticsCache:
         #: user -> the ticket of the newest read of it that may still be stored
         self._pending: dict[str, Ticket] = {}
         self.online = False
-        #: hits answered by the fast path; reads refused storage because a notice raced them
-        self.hits = self.refused = 0
+        #: hits answered by the fast path; plain reads it could not answer (counted by
+        #: :meth:`ticket`); reads refused storage because a notice raced them (all exported by
+        #: focus_sessions.api.metrics)
+        self.hits = self.misses = self.refused = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,7 +77,10 @@ class AnalyticsCache:
     def ticket(self, user_id: str) -> Ticket | None:
         """Taken before a read of ``user_id`` that may be stored; None when the cache cannot
         take one. Any notice that drops the user (or everyone) voids the ticket."""
-        if not self.online or self.capacity <= 0:
+        if self.capacity <= 0:
+            return None
+        self.misses += 1  # the route reads it: the fast path did not answer
+        if not self.online:
             return None
         if len(self._pending) >= self.capacity:  # reads that failed never came back to store
             self._pending.clear()
