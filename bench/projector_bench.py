@@ -47,6 +47,7 @@ import os
 import pstats
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -659,6 +660,12 @@ async def profile(s: Servers, stream: Stream, args: argparse.Namespace,
         print(f"profile saved to {args.profile_out} (python -m pstats {args.profile_out})")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events to publish")
@@ -672,6 +679,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
                         help="also run `focus project --processes N` (0: skip it); default: "
                              "this machine's CPUs, at most the partitions")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="projector metrics and health endpoint (off: "
+                             "FOCUS_PROJECTOR_METRICS_PORT=0); alternate runs to see their cost")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a separate projector pass with cProfile")
     parser.add_argument("--top", type=int, default=15, help="profile rows to print")
@@ -689,6 +699,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # read by every projector's settings, in this process and in `focus project --processes`
+    os.environ["FOCUS_PROJECTOR_METRICS_PORT"] = "0" if args.metrics == "off" else str(free_port())
+    print(f"projector metrics {args.metrics}", flush=True)
     with servers() as s:
         ok = asyncio.run(bench(s, args))
     return 0 if ok else 1
