@@ -20,9 +20,9 @@ from rich.table import Table
 from focus_sessions.settings import CommonSettings, from_environment
 
 if TYPE_CHECKING:
-    from focus_sessions.consumers.redrive.ledger import History
-    from focus_sessions.consumers.redrive.letters import Letter, LetterFilter
-    from focus_sessions.consumers.redrive.plan import RedrivePlan
+    from focus_sessions.consumers.dlq_letters import Letter, LetterFilter
+    from focus_sessions.consumers.redrive_ledger import History
+    from focus_sessions.consumers.redrive_plan import RedrivePlan
 
 dlq_app = typer.Typer(help="Dead letters: list and show them, redrive them once fixed.",
                       no_args_is_help=True)
@@ -45,23 +45,24 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _settings(*, database: bool) -> CommonSettings:
-    """Settings with the broker (and the database) found as every command finds them; says on
-    stderr which broker."""
-    from focus_sessions.servers import ServersNotConfigured, broker_line, resolved
+    """Settings with the broker (and the database) found as every command finds them
+    (:mod:`focus_sessions.servers`); says on stderr which broker."""
+    from focus_sessions.servers import ServersNotConfigured, broker, broker_line, resolved
 
-    needs = ("kafka_bootstrap_servers", "database_url") if database else (
-        "kafka_bootstrap_servers",)
+    settings = from_environment(CommonSettings)
     try:
-        settings = resolved(from_environment(CommonSettings), needs)
+        chosen, origin = broker(settings)
+        if database:
+            settings = resolved(settings)
     except ServersNotConfigured as error:
         _fail(str(error), 2)
-    err.print(broker_line(str(settings.kafka_bootstrap_servers), "settings or `focus dev`"))
-    return settings
+    err.print(broker_line(chosen, origin), markup=False)
+    return settings.model_copy(update={"kafka_bootstrap_servers": chosen})
 
 
 def _filter(reason: list[str] | None, user: list[str] | None, session: list[str] | None,
             since: str | None, until: str | None, places: Iterable[str] = ()) -> LetterFilter:
-    from focus_sessions.consumers.redrive.letters import letter_filter
+    from focus_sessions.consumers.dlq_letters import letter_filter
 
     try:
         return letter_filter(reasons=reason or (), users=user or (), sessions=session or (),
@@ -71,7 +72,7 @@ def _filter(reason: list[str] | None, user: list[str] | None, session: list[str]
 
 
 def _letters(settings: CommonSettings, wanted: LetterFilter) -> list[Letter]:
-    from focus_sessions.consumers.redrive.redriver import read_letters
+    from focus_sessions.consumers.redrive import read_letters
 
     async def collect() -> list[Letter]:
         assert settings.kafka_bootstrap_servers is not None
@@ -111,7 +112,7 @@ def list_letters(reason: Reason = None, user: User = None, session: Session = No
     settings = _settings(database=False)
     letters = _letters(settings, _filter(reason, user, session, since, until))
     if as_json:
-        for letter in letters[:limit] if limit else letters:
+        for letter in letters[-limit:] if limit else letters:
             out.print_json(json.dumps(_summary(letter)), indent=None)
         return
     table = Table("letter", "dead-lettered", "reason", "user", "session", "type", "detail")
@@ -167,7 +168,7 @@ def show(letters: Annotated[list[str] | None, typer.Argument(
 def _history(settings: CommonSettings, places: list[tuple[int, int]]
              ) -> dict[tuple[int, int], History]:
     """The ledger's rows for ``places`` when a database is at hand (best effort)."""
-    from focus_sessions.consumers.redrive.ledger import Ledger
+    from focus_sessions.consumers.redrive_ledger import Ledger
     from focus_sessions.servers import ServersNotConfigured, resolved
 
     try:
@@ -224,9 +225,14 @@ def redrive(
 
     Each goes keyed by its user with its original bytes, so it keeps its id and counts once.
     """
+    import psycopg
+    from aiokafka.errors import KafkaError
+    from psycopg.errors import UndefinedTable
+
     from focus_sessions.bootstrap import producer
-    from focus_sessions.consumers.redrive.ledger import RedriveBusy
-    from focus_sessions.consumers.redrive.redriver import Limits, RedriveOptions, Redriver
+    from focus_sessions.consumers.redrive import Limits, RedriveOptions, Redriver
+    from focus_sessions.consumers.redrive_ledger import RedriveBusy
+    from focus_sessions.consumers.replay.follow import TopicUnavailable
 
     settings = _settings(database=True)
     assert settings.kafka_bootstrap_servers is not None
@@ -241,6 +247,12 @@ def redrive(
                                           dry_run=dry_run))
     except RedriveBusy as busy:
         _fail(str(busy), 3)
+    except UndefinedTable:
+        _fail(f"no redrive ledger in {_hide_password(options.url)}: run `focus migrate` first")
+    except (psycopg.OperationalError, KafkaError, TopicUnavailable, OSError) as error:
+        _fail(f"redrive stopped: {type(error).__name__}: {error}. Broker "
+              f"{options.bootstrap}, database {_hide_password(options.url)}; letters the "
+              "ledger has as sent stay sent: run it again to go on")
     finally:
         bar.bar.stop()
     out.print(_histogram(f"{settings.focus_dlq_topic}: {report.plan.matched:,} letter(s) "
@@ -255,6 +267,18 @@ def redrive(
         out.print(f"run {report.run_id}: sent {report.sent:,} letter(s) to "
                   f"{settings.focus_events_topic} in {report.seconds:.1f} s; "
                   "`focus verify` checks the read models once the projector has caught up")
+
+
+def _hide_password(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        parts = conninfo_to_dict(url)
+    except Exception:
+        return "(the configured DATABASE_URL)"
+    if parts.get("password"):
+        parts["password"] = "***"  # noqa: S105 - masking, not a secret
+    return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})
 
 
 def _print_plan(plan: RedrivePlan) -> None:

@@ -26,15 +26,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from focus_sessions.bootstrap import producer
-from focus_sessions.consumers.redrive.ledger import Ledger, RedriveBusy
-from focus_sessions.consumers.redrive.letters import REDRIVE_COUNT, REDRIVE_LETTER, LetterFilter
-from focus_sessions.consumers.redrive.plan import Skip
-from focus_sessions.consumers.redrive.redriver import (
+from focus_sessions.consumers.dlq_letters import REDRIVE_COUNT, REDRIVE_LETTER, LetterFilter
+from focus_sessions.consumers.redrive import (
     Limits,
     RedriveOptions,
     Redriver,
     RedriveReport,
 )
+from focus_sessions.consumers.redrive_ledger import Ledger, RedriveBusy
+from focus_sessions.consumers.redrive_plan import Skip
 from focus_sessions.consumers.replay.follow import log_end_offsets, partitions_of
 from focus_sessions.contracts.codec import PoisonEvent
 from focus_sessions.contracts.events import CloudEvent
@@ -165,7 +165,7 @@ async def test_events_an_old_projector_refused_as_unknown_type_count_once_after_
                  ) == [(4,)]
 
     # the fix is deployed (the current decoder); the operator looks, then redrives
-    code, listed = await focus(s, "dlq", "list", "--user", "bo")
+    code, listed = await focus(s, "dlq", "list", "--user", "bo", "--since", "1h")
     assert code == 0, listed
     assert "unknown-type" in listed
     assert "2 letter(s)" in listed

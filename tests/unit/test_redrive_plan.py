@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from focus_sessions.consumers.dlq import dead_letter
-from focus_sessions.consumers.redrive.letters import (
+from focus_sessions.consumers.dlq_letters import (
     REDRIVE_COUNT,
     Letter,
     letter_filter,
@@ -16,7 +16,7 @@ from focus_sessions.consumers.redrive.letters import (
     parse_place,
     parse_time,
 )
-from focus_sessions.consumers.redrive.plan import (
+from focus_sessions.consumers.redrive_plan import (
     Prior,
     Sent,
     Skip,

@@ -5,7 +5,7 @@ The lock is a session-level advisory lock held on the ledger's own connection fo
 run: a run that crashes (even SIGKILL) loses its connection and with it the lock, and the next
 run marks its row ``interrupted``. A letter is written ``sending`` and committed *before* it is
 published, and ``sent`` once the broker acknowledged it, so a crash can leave only the chunk in
-flight uncertain (:mod:`focus_sessions.consumers.redrive.plan` sends those once more).
+flight uncertain (:mod:`focus_sessions.consumers.redrive_plan` sends those once more).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from focus_sessions.consumers.redrive.plan import Prior, Send, Sent
+from focus_sessions.consumers.redrive_plan import Prior, Send, Sent
 
 #: First key of the two-key advisory lock of redrives; the second is the topic's hash.
 LOCK_CLASS = 0x464C5144  # "FLQD"

@@ -1,5 +1,10 @@
-"""Reading the dead-letter topic, and a redrive run: lock, plan, publish in chunks recorded in
-the ledger, at a capped rate.
+"""``focus dlq``'s I/O: reading the dead-letter topic, and a redrive run: lock, plan, publish
+in chunks recorded in the ledger, at a capped rate.
+
+The rest of ``focus dlq`` is in three modules: ``dlq_letters`` (a letter read back from its
+headers, filters) and ``redrive_plan`` (what a run sends and why it skips the rest) are pure;
+``redrive_ledger`` keeps the runs and the letters they sent in PostgreSQL. Workflow:
+``docs/dlq.md``.
 
 A run reads the dead-letter topic up to the ends it finds when it starts: letters that its own
 events cause (an event refused again) land after those ends and wait for the next run, whose
@@ -17,8 +22,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
-from focus_sessions.consumers.redrive.ledger import Ledger
-from focus_sessions.consumers.redrive.letters import (
+from focus_sessions.consumers.dlq_letters import (
     REDRIVE_COUNT,
     REDRIVE_LETTER,
     REDRIVE_RUN,
@@ -26,7 +30,8 @@ from focus_sessions.consumers.redrive.letters import (
     LetterFilter,
     parse_letter,
 )
-from focus_sessions.consumers.redrive.plan import (
+from focus_sessions.consumers.redrive_ledger import Ledger
+from focus_sessions.consumers.redrive_plan import (
     RedrivePlan,
     Send,
     chunk_size,
@@ -84,8 +89,8 @@ async def read_letters(bootstrap: str, dlq_topic: str, wanted: LetterFilter | No
     order, up to the ends the topic has now."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, request_timeout_ms=15_000)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = await partitions_of(consumer, dlq_topic)
         if partitions is None:
             raise TopicUnavailable(f"the broker at {bootstrap} has no topic {dlq_topic!r} "
@@ -127,7 +132,7 @@ class Redriver:
                   ) -> RedriveReport:
         """Plan (and unless ``dry_run``, send) the letters that match ``wanted``.
 
-        Raises :class:`focus_sessions.consumers.redrive.ledger.RedriveBusy` when another run
+        Raises :class:`focus_sessions.consumers.redrive_ledger.RedriveBusy` when another run
         of the same dead-letter topic holds the lock (a dry run takes no lock)."""
         o = self.options
         ledger = await Ledger.open(o.url, o.dlq_topic)

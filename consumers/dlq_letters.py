@@ -1,5 +1,5 @@
-"""Dead letters as an operator sees them: parsed from a letter's headers and value, and
-filtered (pure: no Kafka, no clock).
+"""Dead letters as an operator sees them: what :mod:`focus_sessions.consumers.dlq` writes,
+read back from a letter's headers and value, and filtered (pure: no Kafka, no clock).
 
 A letter's headers (:mod:`focus_sessions.contracts.topics`, written by
 :func:`focus_sessions.consumers.dlq.dead_letter`) say why and where from; its value is the

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from focus_sessions.consumers.redrive.letters import Letter
+from focus_sessions.consumers.dlq_letters import Letter
 
 
 class Skip(StrEnum):
