@@ -25,6 +25,7 @@ AREAS = {
     "schema": "focus_sessions.cli_produce",
     "replay": "focus_sessions.cli_replay", "verify": "focus_sessions.cli_replay",
     "dlq": "focus_sessions.cli_dlq",
+    "status": "focus_sessions.cli_status",
 }
 _HELP_ONLY = "focus_sessions.cli.help_only"
 # A click command as typer builds it (recent typer vendors its own click, older ones use click)
