@@ -14,6 +14,7 @@ loop guard counts them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ from focus_sessions.consumers.replay.follow import (
     log_end_offsets,
     partitions_of,
 )
+
+#: Polls of a second that return nothing below a partition's end before a read gives up.
+STALLED_POLLS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +108,13 @@ async def read_letters(bootstrap: str, dlq_topic: str, wanted: LetterFilter | No
             if starts[tp] >= end:
                 continue
             consumer.seek(tp, starts[tp])
-            while await consumer.position(tp) < end:
+            stalled = 0
+            while (position := await consumer.position(tp)) < end:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
+                stalled = stalled + 1 if await consumer.position(tp) == position else 0
+                if stalled >= STALLED_POLLS:
+                    raise TopicUnavailable(f"{dlq_topic}[{tp.partition}] returned nothing at "
+                                           f"offset {position} of {end} in {STALLED_POLLS} s")
                 for record in batch.get(tp, []):
                     if record.offset >= end:
                         break
@@ -152,7 +161,9 @@ class Redriver:
             try:
                 await self._send(ledger, report, limits.rate)
             except BaseException:
-                await asyncio.shield(ledger.finish(report.run_id, "interrupted"))
+                # best effort: the next run marks it `interrupted` anyway (Ledger.lock)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(ledger.finish(report.run_id, "interrupted"))
                 raise
             await ledger.finish(report.run_id)
             return report
