@@ -91,9 +91,12 @@ def _histogram(title: str, counts: Counter[str]) -> Table:
     table.add_column("reason")
     table.add_column("letters", justify="right")
     for reason, n in counts.most_common():
-        table.add_row(reason, f"{n:,}")
+        table.add_row(escape(reason), f"{n:,}")
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
     return table
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def _when(letter: Letter) -> str:
@@ -111,13 +114,14 @@ def list_letters(reason: Reason = None, user: User = None, session: Session = No
     """List dead letters, newest last, with their counts by reason."""
     settings = _settings(database=False)
     letters = _letters(settings, _filter(reason, user, session, since, until))
+    letters.sort(key=lambda x: (x.dead_lettered_at or _EPOCH, x.partition, x.offset))
     if as_json:
         for letter in letters[-limit:] if limit else letters:
-            out.print_json(json.dumps(_summary(letter)), indent=None)
+            typer.echo(json.dumps(_summary(letter)))
         return
     table = Table("letter", "dead-lettered", "reason", "user", "session", "type", "detail")
     for letter in letters[-limit:] if limit else []:
-        table.add_row(f"{letter.partition}:{letter.offset}", _when(letter), letter.reason,
+        table.add_row(f"{letter.partition}:{letter.offset}", _when(letter), escape(letter.reason),
                       escape(letter.user_id or "-"), (letter.session_id or "-")[:8],
                       escape(letter.event_type or "-"), escape(letter.detail[:60]))
     if limit and letters:
@@ -147,7 +151,7 @@ def show(letters: Annotated[list[str] | None, typer.Argument(
     found = _letters(settings, _filter(reason, user, session, since, until, letters or ()))
     history = _history(settings, [x.place for x in found[:limit]])
     for letter in found[:limit]:
-        out.rule(f"letter {letter.partition}:{letter.offset}  {letter.reason}")
+        out.rule(f"letter {letter.partition}:{letter.offset}  {escape(letter.reason)}")
         for name, value in letter.headers:
             out.print(f"{name}: {escape(value.decode(errors='replace'))}")
         if letter.place in history:

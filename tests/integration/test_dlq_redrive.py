@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -169,6 +170,11 @@ async def test_events_an_old_projector_refused_as_unknown_type_count_once_after_
     assert code == 0, listed
     assert "unknown-type" in listed
     assert "2 letter(s)" in listed
+    code, listed = await focus(s, "dlq", "list", "--json", "--reason", "unknown-type")
+    rows = [json.loads(line) for line in listed.splitlines() if line.startswith("{")]
+    assert sorted(r["event_id"] for r in rows) == sorted(str(e.id) for e in
+                                                         [*ends, *bo_end, *bo_end])
+    assert {r["type"] for r in rows} == {V1_END}
     code, dry = await focus(s, "dlq", "redrive", "--dry-run")
     assert code == 0, dry
     assert "dry run: 5 letter(s) would go" in dry
@@ -183,6 +189,9 @@ async def test_events_an_old_projector_refused_as_unknown_type_count_once_after_
         again = await redrive(s)
         assert (again.sent, again.plan.skip_counts()) == (0, {Skip.ALREADY_SENT: 5})
         assert snapshot(fresh_database) == after_first
+        code, shown = await focus(s, "dlq", "show", "0:0")
+        assert code == 0, shown
+        assert "redriven by run 1 (sent, count 1)" in shown
 
     assert query(fresh_database, "SELECT count(*), count(*) FILTER (WHERE completed)"
                  " FROM focus_sessions WHERE ended_at IS NOT NULL") == [(4, 4)]
