@@ -22,6 +22,11 @@ from tests.support.proxy import TcpProxy
 _INFRA = pytest.StashKey[Infrastructure]()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cluster: needs a 3-broker Apache Kafka cluster (tests/cluster; see there)")
+
+
 @pytest.fixture(scope="session")
 def infrastructure(request: pytest.FixtureRequest) -> Iterator[Infrastructure]:
     infra = Infrastructure()
