@@ -267,6 +267,7 @@ class ApacheKafka(Service):
         if self._nodes:
             return self
         started = time.monotonic()
+        self._refuse_a_running_predecessor()
         libs = self.libs or fetch_jars()
         java = find_java()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -317,6 +318,21 @@ class ApacheKafka(Service):
 
     def _node_dir(self, node_id: int) -> Path:
         return self.data_dir / f"node-{node_id}"
+
+    def _refuse_a_running_predecessor(self) -> None:
+        """A Kafka left running on this folder (its parent was SIGKILLed) holds the log's lock
+        and its ports; say so, with its pid, instead of failing on the lock."""
+        for pid_file in self.data_dir.glob("node-*/kafka.pid"):
+            try:
+                pid = int(pid_file.read_text())
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if b"kafka.Kafka" in command and str(pid_file.parent).encode() in command:
+                raise EmbeddedServerError(
+                    f"An Apache Kafka (pid {pid}) still runs on {pid_file.parent}, left by an "
+                    f"earlier run; stop it (kill {pid}) and start again."
+                )
 
     def _plan(self) -> dict[int, _Node]:
         """Cluster id and ports: those of ``cluster.json`` when it exists and they are free."""
@@ -434,6 +450,7 @@ class ApacheKafka(Service):
             raise EmbeddedServerError(
                 f"Cannot run {java}: {error}. Install Java 17+ or set JAVA_HOME."
             ) from error
+        (folder / "kafka.pid").write_text(f"{node.process.pid}\n")
 
     async def _wait_until_ready(self, brokers: int, only: int | None = None) -> None:
         """Until each node (or node ``only``) answers metadata listing ``brokers`` brokers."""

@@ -75,6 +75,9 @@ def test_a_restart_on_the_same_data_folder_keeps_the_log_and_the_address(scratch
         address, cluster_id = kafka.bootstrap_servers, kafka.cluster_id
         ids = asyncio.run(publish(address))
         assert (scratch / "node-1" / "log" / "meta.properties").is_file()
+        # a second start on the folder while this one runs (as after a SIGKILLed parent)
+        with pytest.raises(EmbeddedServerError, match=rf"pid {kafka.pid}\) still runs"):
+            ApacheKafka(scratch).start()
     assert kafka.pid is None
 
     with ApacheKafka(scratch) as again:
