@@ -183,6 +183,9 @@ def dev(
         "tansu", help="Embedded broker: tansu (memory only, nothing to install) or apache "
         "(Apache Kafka; needs Java 17+ and Maven once; its log and the read models survive "
         "a restart)."),
+    kafka_port: int | None = typer.Option(
+        None, min=1, max=65535, show_default=False,
+        help="Port of the embedded broker (default: 9092 when free, else any free port)."),
 ) -> None:
     """Run everything locally: broker, PostgreSQL, projector and API (Ctrl-C stops all).
 
@@ -212,7 +215,7 @@ def dev(
                         datefmt="%H:%M:%S")
     logging.getLogger("focus_sessions.dev").setLevel(logging.INFO)  # restarts are news
     try:
-        status = run(settings, api_port, broker)
+        status = run(settings, api_port, broker, kafka_port)
     except EmbeddedServerError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

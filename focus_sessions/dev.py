@@ -292,10 +292,11 @@ def banner(stack: DevStack) -> str:
     ])
 
 
-def run(settings: CommonSettings, api_port: int, broker: str = "tansu") -> int:
+def run(settings: CommonSettings, api_port: int, broker: str = "tansu",
+        kafka_port: int | None = None) -> int:
     """Start, print, keep the stack up until Ctrl-C / SIGTERM, then stop everything. The exit
     status: 0, or 1 when a piece that cannot be restarted died."""
-    stack = DevStack(settings, api_port=api_port, broker=broker)
+    stack = DevStack(settings, api_port=api_port, broker=broker, kafka_port=kafka_port)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     status = 0

@@ -293,7 +293,8 @@ def test_each_area_registers_exactly_the_commands_the_cli_loads_it_for() -> None
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What `focus dev` would have started: nothing runs for real here."""
     runs: list[str] = []
-    def run(settings: object, port: int, broker: str = "tansu") -> int:
+    def run(settings: object, port: int, broker: str = "tansu",
+            kafka_port: int | None = None) -> int:
         runs.append("stack" if broker == "tansu" else f"stack with {broker}")
         return 0
 
