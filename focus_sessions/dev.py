@@ -183,7 +183,7 @@ class DevStack:
 
     def _embedded_postgres(self, data: Path, log_identity: str | None) -> None:
         server = self._servers.enter_context(EmbeddedPostgres(data / "postgres"))
-        kept = _keep_or_recreate(server, log_identity)
+        kept = keep_or_recreate(server.url(), DEV_DATABASE, log_identity)
         self.database_url = server.url(DEV_DATABASE)
         self.postgres_note = (f"{'read models kept' if kept else 'new database'}, data in "
                               f"{server.data_dir}")
@@ -244,16 +244,17 @@ class DevStack:
                            f"see {self.settings.focus_data_dir}/logs/project.log")
 
 
-def _keep_or_recreate(server: EmbeddedPostgres, log_identity: str | None) -> bool:
-    """Keep the dev database only when it describes the log that is running now (its comment
-    names that log); else drop and create it. True when kept."""
-    with psycopg.connect(server.url(), autocommit=True) as conn:
+def keep_or_recreate(server_url: str, database: str, log_identity: str | None) -> bool:
+    """Keep ``database`` only when it describes the log that runs now: its comment names
+    ``log_identity`` (None: a log that never survives, so never). Else drop and create it,
+    commented with ``log_identity``. True when kept."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (DEV_DATABASE,)).fetchone()
+            (database,)).fetchone()
         if log_identity is not None and row is not None and row[0] == log_identity:
             return True
-        name = sql.Identifier(DEV_DATABASE)
+        name = sql.Identifier(database)
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
         if log_identity is not None:

@@ -108,3 +108,57 @@ def test_focus_commands_with_no_settings_use_the_running_stacks_broker_and_secre
     verified = dev.focus("verify")
     assert verified.returncode == 0, verified.stderr
     assert verified.stderr.startswith(says), verified.stderr
+
+
+def apache_kafka_or_skip() -> None:
+    """Skip, saying why, where Apache Kafka cannot run: no Java, or no jars and no Maven."""
+    from focus_sessions.apache import fetch_jars, find_java
+    from focus_sessions.embedded import EmbeddedServerError
+
+    try:
+        find_java()
+        fetch_jars()  # once per machine; reused after
+    except EmbeddedServerError as error:
+        pytest.skip(f"Apache Kafka unavailable here: {error}")
+
+
+def test_with_apache_kafka_the_log_and_the_read_models_survive_a_killed_broker_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    apache_kafka_or_skip()
+
+    def emit(dev: DevProcess, user: str) -> str:
+        done = dev.focus("emit", "started", "-u", user)
+        assert done.returncode == 0, done.stderr
+        assert "(from apache of the running `focus dev`" in done.stderr
+        session: str = json.loads(done.stdout)["session_id"]
+        wait_until(lambda: session in listed(dev, user), 45, f"{user}'s session projected")
+        return session
+
+    first = DevProcess(tmp_path, "--broker", "apache").start()
+    try:
+        assert "Apache Kafka 4." in first.output() and "new log" in first.output()
+        assert f"in {first.data_dir.resolve() / 'kafka-apache'}" in first.output()
+        before = emit(first, "ada")
+
+        # the broker is SIGKILLed: its log is on disk, so it is restarted, not mourned
+        broker = first.pids()["kafka"]
+        os.kill(broker, signal.SIGKILL)
+        first.restarted("kafka", broker, timeout=90)
+        assert "Apache Kafka is running again" in first.output()
+        during = emit(first, "ada")
+    finally:
+        assert first.stop() == 0, first.output()
+
+    # a new `focus dev` on the same folder keeps the log and the read models
+    second = DevProcess(tmp_path, "--broker", "apache").start()
+    try:
+        said = second.output()
+        assert "log kept from the last run" in said and "read models kept" in said, said
+        assert listed(second, "ada") == {before, during}
+        after = emit(second, "ada")
+        assert listed(second, "ada") == {before, during, after}
+        verified = second.focus("verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        assert second.stop() == 0, second.output()
