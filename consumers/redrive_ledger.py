@@ -85,14 +85,14 @@ class Ledger:
             raise RedriveBusy(f"another redrive of {self.dlq_topic} is running: {who}. "
                               "One redrive at a time per dead-letter topic; wait for it to end.")
         await self.conn.execute(
-            "UPDATE dlq_redrive_runs SET state = 'interrupted', finished_at = clock_timestamp()"
+            "UPDATE dlq_redrive.runs SET state = 'interrupted', finished_at = clock_timestamp()"
             " WHERE dlq_topic = %s AND state = 'running'", (self.dlq_topic,))
 
     async def prior(self) -> Prior:
         """What earlier runs sent from this topic."""
         cur = await self.conn.execute(
             "SELECT dlq_partition, dlq_offset, run_id, state, redrive_count, original_sha256"
-            " FROM dlq_redriven WHERE dlq_topic = %s", (self.dlq_topic,))
+            " FROM dlq_redrive.letters WHERE dlq_topic = %s", (self.dlq_topic,))
         letters: dict[tuple[int, int], Sent] = {}
         counts: dict[str, int] = {}
         for partition, offset, run_id, state, count, sha in await cur.fetchall():
@@ -102,7 +102,7 @@ class Ledger:
 
     async def start(self, events_topic: str, options: dict[str, object], planned: int) -> int:
         cur = await self.conn.execute(
-            "INSERT INTO dlq_redrive_runs (dlq_topic, events_topic, options, planned, host, pid)"
+            "INSERT INTO dlq_redrive.runs (dlq_topic, events_topic, options, planned, host, pid)"
             " VALUES (%s, %s, %s, %s, %s, %s) RETURNING run_id",
             (self.dlq_topic, events_topic, json.dumps(options, sort_keys=True), planned,
              socket.gethostname(), os.getpid()))
@@ -114,7 +114,7 @@ class Ledger:
         """Record ``sends`` as about to be published (committed before the first is sent)."""
         async with self.conn.transaction(), self.conn.cursor() as cur:
             await cur.executemany(
-                "INSERT INTO dlq_redriven (dlq_topic, dlq_partition, dlq_offset, run_id,"
+                "INSERT INTO dlq_redrive.letters (dlq_topic, dlq_partition, dlq_offset, run_id,"
                 " original_sha256, event_id, redrive_count, state)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, 'sending')"
                 " ON CONFLICT (dlq_topic, dlq_partition, dlq_offset) DO UPDATE SET"
@@ -126,23 +126,23 @@ class Ledger:
         """Record ``(send, partition, offset)`` acknowledged by the broker."""
         async with self.conn.transaction(), self.conn.cursor() as cur:
             await cur.executemany(
-                "UPDATE dlq_redriven SET state = 'sent', events_partition = %s,"
+                "UPDATE dlq_redrive.letters SET state = 'sent', events_partition = %s,"
                 " events_offset = %s, updated_at = clock_timestamp()"
                 " WHERE dlq_topic = %s AND dlq_partition = %s AND dlq_offset = %s",
                 [(p, o, self.dlq_topic, s.letter.partition, s.letter.offset)
                  for s, p, o in acks])
-            await cur.execute("UPDATE dlq_redrive_runs SET sent = sent + %s WHERE run_id = %s",
+            await cur.execute("UPDATE dlq_redrive.runs SET sent = sent + %s WHERE run_id = %s",
                               (len(acks), run_id))
 
     async def finish(self, run_id: int, state: str = "finished") -> None:
         await self.conn.execute(
-            "UPDATE dlq_redrive_runs SET state = %s, finished_at = clock_timestamp()"
+            "UPDATE dlq_redrive.runs SET state = %s, finished_at = clock_timestamp()"
             " WHERE run_id = %s", (state, run_id))
 
     async def runs(self, *, state: str | None = None, limit: int = 10) -> list[Run]:
         """The topic's latest runs, newest first."""
         cur = await self.conn.execute(
-            "SELECT run_id, state, host, pid, started_at, planned, sent FROM dlq_redrive_runs"
+            "SELECT run_id, state, host, pid, started_at, planned, sent FROM dlq_redrive.runs"
             " WHERE dlq_topic = %s AND (%s::text IS NULL OR state = %s)"
             " ORDER BY run_id DESC LIMIT %s", (self.dlq_topic, state, state, limit))
         return [Run(*row) for row in await cur.fetchall()]
@@ -154,7 +154,7 @@ class Ledger:
             return {}
         cur = await self.conn.execute(
             "SELECT dlq_partition, dlq_offset, run_id, state, redrive_count, events_partition,"
-            " events_offset, updated_at FROM dlq_redriven WHERE dlq_topic = %s"
+            " events_offset, updated_at FROM dlq_redrive.letters WHERE dlq_topic = %s"
             " AND (dlq_partition, dlq_offset) IN (SELECT * FROM unnest(%s::int[], %s::bigint[]))",
             (self.dlq_topic, [p for p, _ in places], [o for _, o in places]))
         return {(row[0], row[1]): History(*row[2:]) for row in await cur.fetchall()}
