@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from focus_sessions.embedded import free_port
+from tests.support.infra import chosen_broker
 
 #: What a fresh shell lacks: every command must find the servers and the secret by itself.
 SERVER_SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "FOCUS_JWT_SECRET", "FOCUS_DEV_MODE")
@@ -44,12 +45,14 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str,
 
 
 class DevProcess:
-    """``focus dev [args]`` in ``folder`` (data in ``folder/.focus``) on a free API port."""
+    """``focus dev [args]`` in ``folder`` (data in ``folder/.focus``) on free ports, with the
+    broker ``FOCUS_TEST_BROKER`` names unless ``broker`` is given."""
 
-    def __init__(self, folder: Path, *args: str) -> None:
+    def __init__(self, folder: Path, *args: str, broker: str | None = None) -> None:
         self.folder = folder
+        self.broker = broker or chosen_broker()  # FOCUS_TEST_BROKER unless a test insists
         # a free port, not 9092: other suites on this machine may run a broker there
-        self.args = ("--kafka-port", str(free_port()), *args)
+        self.args = ("--broker", self.broker, "--kafka-port", str(free_port()), *args)
         self.data_dir = folder / ".focus"
         self.port = free_port()
         self.out_path = folder / f"dev-{time.monotonic_ns()}.out"
