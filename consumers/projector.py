@@ -209,7 +209,8 @@ class Projector:
         1. decode (done by the fetcher: poison becomes a dead letter);
         2. load the touched sessions' histories, fold, publish the dead letters;
         3. write rows, rollups and positions (compare-and-set) in one transaction; commit;
-        4. copy the positions to Kafka's committed offsets (for lag tooling).
+        4. with metrics on, update them once for the whole batch (:meth:`_committed`);
+        5. copy the positions to Kafka's committed offsets (for lag tooling).
 
         A data error in step 2 or 3 is isolated to the events that cause it (:meth:`_isolate`);
         they become dead letters and the rest commits. An infrastructure error retries the
