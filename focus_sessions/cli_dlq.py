@@ -86,10 +86,9 @@ def _letters(settings: CommonSettings, wanted: LetterFilter) -> list[Letter]:
               f"failed: {type(error).__name__}: {error}")
 
 
-def _histogram(title: str, counts: Counter[str]) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("reason")
-    table.add_column("letters", justify="right")
+def _histogram(counts: Counter[str]) -> Table:
+    table = Table("reason", "letters")
+    table.columns[1].justify = "right"
     for reason, n in counts.most_common():
         table.add_row(escape(reason), f"{n:,}")
     table.add_row("[bold]total[/bold]", f"[bold]{sum(counts.values()):,}[/bold]")
@@ -97,11 +96,20 @@ def _histogram(title: str, counts: Counter[str]) -> Table:
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+#: Widths of the columns of ``focus dlq list`` before the detail, which gets the rest of the line
+#: (the event type is in ``--json`` and ``show``; an unknown type's detail names it).
+_WIDTHS = (7, 20, 15, 12, 9)
+
+
+def _row(cells: tuple[str, ...]) -> str:
+    """One line of the letter list: fixed columns, then the detail (cut at the screen's edge)."""
+    fixed = "".join(c[:w - 1].ljust(w) for c, w in zip(cells, _WIDTHS, strict=False))
+    return fixed + " ".join(cells[-1].split())
 
 
 def _when(letter: Letter) -> str:
     at = letter.dead_lettered_at
-    return f"{at:%Y-%m-%d %H:%M:%S}Z" if at else "?"
+    return f"{at:%Y-%m-%d %H:%M:%S}" if at else "?"
 
 
 @dlq_app.command("list")
@@ -119,15 +127,16 @@ def list_letters(reason: Reason = None, user: User = None, session: Session = No
         for letter in letters[-limit:] if limit else letters:
             typer.echo(json.dumps(_summary(letter)))
         return
-    table = Table("letter", "dead-lettered", "reason", "user", "session", "type", "detail")
-    for letter in letters[-limit:] if limit else []:
-        table.add_row(f"{letter.partition}:{letter.offset}", _when(letter), escape(letter.reason),
-                      escape(letter.user_id or "-"), (letter.session_id or "-")[:8],
-                      escape(letter.event_type or "-"), escape(letter.detail[:60]))
-    if limit and letters:
-        out.print(table)
-    out.print(_histogram(f"{settings.focus_dlq_topic}: {len(letters):,} letter(s)",
-                         Counter(x.reason for x in letters)))
+    shown = letters[-limit:] if limit else []
+    if shown:
+        out.print(_row(("letter", "dead-lettered (UTC)", "reason", "user", "session",
+                        "detail")), style="bold", markup=False, no_wrap=True, overflow="ellipsis")
+    for letter in shown:
+        out.print(_row((f"{letter.partition}:{letter.offset}", _when(letter), letter.reason,
+                        letter.user_id or "-", (letter.session_id or "-")[:8], letter.detail)),
+                  markup=False, no_wrap=True, overflow="ellipsis")
+    out.print(f"{settings.focus_dlq_topic}: {len(letters):,} letter(s)")
+    out.print(_histogram(Counter(x.reason for x in letters)))
 
 
 def _summary(letter: Letter) -> dict[str, object]:
@@ -259,8 +268,8 @@ def redrive(
               "ledger has as sent stay sent: run it again to go on")
     finally:
         bar.bar.stop()
-    out.print(_histogram(f"{settings.focus_dlq_topic}: {report.plan.matched:,} letter(s) "
-                         "match", report.plan.reasons))
+    out.print(f"{settings.focus_dlq_topic}: {report.plan.matched:,} letter(s) match")
+    out.print(_histogram(report.plan.reasons))
     _print_plan(report.plan)
     if dry_run:
         out.print(f"dry run: {len(report.plan.sends):,} letter(s) would go to "
