@@ -27,7 +27,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,21 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from focus_sessions.dev_supervisor import ChildProcess, Member, StackLost, Supervisor, describe_exit
-from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, run_coroutine_sync
+from focus_sessions.dev_supervisor import (
+    ChildProcess,
+    Member,
+    Server,
+    StackLost,
+    Supervisor,
+    describe_exit,
+)
+from focus_sessions.embedded import (
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    _port_is_open,
+    free_port,
+    run_coroutine_sync,
+)
 from focus_sessions.migrate import migrate
 from focus_sessions.servers import clear_state, ensure_dev_secret, write_state
 from focus_sessions.settings import CommonSettings
@@ -54,26 +66,6 @@ TANSU_GONE = (
     "The embedded tansu broker keeps its log in memory only: the log is gone, and read models "
     "must never outlive their log, so `focus dev` stops. Start it again (a new log, a new "
     "database), or run `focus dev --broker apache` for a log on disk that survives.")
-
-
-@dataclass
-class Server:
-    """An embedded server as a supervised :class:`~focus_sessions.dev_supervisor.Member`."""
-
-    key: str  # in dev.json's pids
-    name: str
-    alive: Callable[[], bool]
-    restart: Callable[[], object]
-    current_pid: Callable[[], int | None]
-    ended: Callable[[], str] = lambda: "stopped running"
-    fatal: str | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.current_pid()
-
-    def exit_status(self) -> str:
-        return self.ended()
 
 
 @dataclass
@@ -157,7 +149,7 @@ class DevStack:
     # -- pieces ---------------------------------------------------------------------------
 
     def _tansu(self, data: Path) -> None:
-        port = self.kafka_port or (9092 if _port_free(9092) else free_port())
+        port = self.kafka_port or (free_port() if _port_is_open("127.0.0.1", 9092) else 9092)
         kafka = self._servers.enter_context(EmbeddedKafka(data / "kafka", port=port))
         self.bootstrap = kafka.bootstrap_servers
         self.broker_note = "tansu, memory only: log and read models start empty on each run"
@@ -169,7 +161,7 @@ class DevStack:
         """Start Apache Kafka on its log under ``data``; return the log's identity."""
         from focus_sessions.apache import ApacheKafka, kafka_version
 
-        port = self.kafka_port or (9092 if _port_free(9092) else None)
+        port = self.kafka_port or (None if _port_is_open("127.0.0.1", 9092) else 9092)
         kafka: ApacheKafka = self._servers.enter_context(
             ApacheKafka(data / APACHE_DIR, port=port))
         self.bootstrap = kafka.bootstrap_servers
@@ -261,13 +253,6 @@ def keep_or_recreate(server_url: str, database: str, log_identity: str | None) -
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 name, sql.Literal(log_identity)))
     return False
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _dev_token(env: dict[str, str]) -> str:

@@ -159,6 +159,26 @@ class Supervisor:
 
 
 @dataclass
+class Server:
+    """A server started in-process (PostgreSQL, a broker) as a :class:`Member`, by functions."""
+
+    key: str  # in dev.json's pids
+    name: str
+    alive: Callable[[], bool]
+    restart: Callable[[], object]
+    current_pid: Callable[[], int | None]
+    ended: Callable[[], str] = lambda: "stopped running"
+    fatal: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.current_pid()
+
+    def exit_status(self) -> str:
+        return self.ended()
+
+
+@dataclass
 class ChildProcess:
     """A ``focus`` command that ``focus dev`` runs as a child process, its output appended to
     ``log_path``; a :class:`Member`."""
