@@ -205,6 +205,14 @@ def dev(
                    f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers} names one of "
                    "your own; unset one of them.", err=True)
         raise typer.Exit(2)
+    from focus_sessions.servers import running_dev_stack
+
+    running = running_dev_stack(settings)
+    if running is not None:  # a second one would recreate the first one's database
+        typer.echo(f"error: `focus dev` (pid {running.pid}) already runs under "
+                   f"{settings.focus_data_dir}/; stop it, or set FOCUS_DATA_DIR to another "
+                   "folder.", err=True)
+        raise typer.Exit(2)
     try:
         require_packages(kafka=broker == "tansu" and not settings.kafka_bootstrap_servers,
                          postgres=not settings.database_url)

@@ -438,3 +438,13 @@ def test_dev_refuses_an_unknown_broker(started: list[str]) -> None:
     assert result.exit_code == 2
     assert "tansu, apache" in result.stderr
     assert started == []
+
+
+def test_dev_refuses_to_start_a_second_stack_on_the_same_folder(
+    tmp_path: Path, started: list[str],
+) -> None:
+    running_dev_stack(tmp_path)  # this process stands in for the first `focus dev`
+    result = focus("dev")
+    assert result.exit_code == 2
+    assert f"`focus dev` (pid {os.getpid()}) already runs under {tmp_path}" in result.stderr
+    assert started == []
