@@ -37,14 +37,18 @@ def _t(schema: str, table: str) -> sql.Identifier:
     return sql.Identifier(schema, table)
 
 
+#: What a swap moves: the registry's read models, the positions and the record of unstorable
+#: events. Any other table in the schema (an operator's, a ledger) stays where it is.
+SWAPPED = (*LOCK_ORDER, UNSTORABLE)
+
+
 async def tables(conn: AsyncConnection[Any], schema: str) -> list[str]:
-    """The read-model tables of ``schema`` (everything but the migration history)."""
+    """The tables of :data:`SWAPPED` that ``schema`` has, in lock order."""
     cur = await conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'schema_migrations'"
-        " ORDER BY tablename", (schema,))
-    found = [name for (name,) in await cur.fetchall()]
-    known = [t for t in LOCK_ORDER if t in found]
-    return known + [t for t in found if t not in known]
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename = ANY(%s)",
+        (schema, list(SWAPPED)))
+    found = {name for (name,) in await cur.fetchall()}
+    return [t for t in SWAPPED if t in found]
 
 
 async def positions(conn: AsyncConnection[Any], schema: str, topic: str) -> dict[int, int]:
