@@ -7,14 +7,15 @@ unknown error, so an ``ApiVersions`` look-up cannot tell. ``auto`` (the default)
 the broker for a producer id, once per process and bootstrap address: granted, producers are
 idempotent; refused, they are not (tansu is the documented exception), and a retry may then
 write an event twice, which the projector drops by event id. No answer at all (the broker is
-down) also means "not idempotent" for that producer, with a warning, and is asked again next
-time. ``on`` and ``off`` skip the question.
+down) also means "not idempotent", with a warning, for the producers made in the next 30 s;
+then the broker is asked again. ``on`` and ``off`` skip the question.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Literal
 
 from aiokafka.client import AIOKafkaClient
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 #: The broker's answer per bootstrap address: asking costs a connection, and the answer of a
 #: given broker does not change while this process lives.
 _granted: dict[str, bool] = {}
+#: Until when an address that did not answer is not asked again (monotonic seconds).
+_unanswered: dict[str, float] = {}
+_ASK_AGAIN_AFTER = 30.0
 
 
 async def broker_grants_idempotence(
@@ -62,7 +66,10 @@ async def broker_grants_idempotence(
         await client.close()
 
 
-async def idempotent(bootstrap_servers: str, mode: Idempotence | None = None) -> bool:
+async def idempotent(
+    bootstrap_servers: str, mode: Idempotence | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109 - passed on to the question
+) -> bool:
     """Whether a producer for ``bootstrap_servers`` should be idempotent under ``mode``
     (default: the ``FOCUS_KAFKA_IDEMPOTENCE`` setting)."""
     if mode is None:
@@ -71,21 +78,27 @@ async def idempotent(bootstrap_servers: str, mode: Idempotence | None = None) ->
         mode = CommonSettings().focus_kafka_idempotence
     if mode != "auto":
         return mode == "on"
-    if bootstrap_servers not in _granted:
-        answer = await broker_grants_idempotence(bootstrap_servers)
-        if answer is None:
-            log.warning(
-                "No broker at %s answered whether it grants idempotent producers; this "
-                "producer is not idempotent. Set FOCUS_KAFKA_IDEMPOTENCE=on to insist.",
-                bootstrap_servers)
-            return False
-        _granted[bootstrap_servers] = answer
-        log.info("broker at %s %s idempotent producers", bootstrap_servers,
-                 "grants" if answer else "refuses")
-    return _granted[bootstrap_servers]
+    if bootstrap_servers in _granted:
+        return _granted[bootstrap_servers]
+    if time.monotonic() < _unanswered.get(bootstrap_servers, 0.0):
+        return False  # asked a moment ago in vain: do not stall every new producer
+    answer = await broker_grants_idempotence(bootstrap_servers, timeout)
+    if answer is None:
+        _unanswered[bootstrap_servers] = time.monotonic() + _ASK_AGAIN_AFTER
+        log.warning(
+            "No broker at %s answered whether it grants idempotent producers; producers made "
+            "in the next %g s are not idempotent. Set FOCUS_KAFKA_IDEMPOTENCE=on to insist.",
+            bootstrap_servers, _ASK_AGAIN_AFTER)
+        return False
+    _granted[bootstrap_servers] = answer
+    log.info("broker at %s %s idempotent producers", bootstrap_servers,
+             "grants" if answer else "refuses")
+    return answer
 
 
 def idempotent_sync(bootstrap_servers: str, mode: Idempotence | None = None) -> bool:
-    """:func:`idempotent` for code that builds producers outside a coroutine; the question, when
-    it is asked, takes one round trip (a few milliseconds) on a private loop."""
-    return run_coroutine_sync(idempotent(bootstrap_servers, mode))
+    """:func:`idempotent` for code that builds producers outside a coroutine. The question,
+    when it is asked, takes one round trip (milliseconds) on a private loop, and at most 3 s
+    when no broker answers: a caller on an event loop blocks it meanwhile, so such a caller
+    should rather ``await idempotent(...)`` first and pass ``enable_idempotence``."""
+    return run_coroutine_sync(idempotent(bootstrap_servers, mode, timeout=3.0))

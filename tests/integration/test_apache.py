@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +169,21 @@ async def test_off_and_on_need_no_broker_and_an_unreachable_one_means_not_idempo
     assert await broker_grants_idempotence(closed, timeout=0.5) is None
     assert await idempotent(closed, "auto") is False
     assert "FOCUS_KAFKA_IDEMPOTENCE=on" in caplog.text
+
+
+async def test_a_broker_that_never_answers_stalls_the_question_once_not_every_producer() -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        assert await idempotent(address, "auto", timeout=1.0) is False
+        first = time.monotonic() - started
+        started = time.monotonic()
+        assert await idempotent(address, "auto", timeout=1.0) is False
+        again = time.monotonic() - started
+    assert 0.9 <= first < 3
+    assert again < 0.05  # not asked again for a while
 
 
 async def test_the_producer_factory_follows_the_setting_on_each_broker(
