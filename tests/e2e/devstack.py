@@ -97,8 +97,13 @@ class DevProcess:
 
     def restarted(self, piece: str, old_pid: int, timeout: float = 60) -> int:
         """Wait until ``dev.json`` names a new pid for ``piece``; return it."""
-        return int(wait_until(lambda: self.pids()[piece] != old_pid and self.pids()[piece],
-                              timeout, f"{piece} restarted\n{self.output()}"))
+        try:
+            return int(wait_until(lambda: self.pids()[piece] != old_pid and self.pids()[piece],
+                                  timeout, f"{piece} restarted"))
+        except AssertionError as error:
+            state = Path(f"/proc/{old_pid}/status")
+            was = state.read_text().splitlines()[:3] if state.exists() else "gone"
+            raise AssertionError(f"{error}; old pid {old_pid}: {was}\n{self.output()}") from None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.process is not None
