@@ -137,7 +137,7 @@ class Supervisor:
             watch.crashes = 0
         wait = self._schedule(watch, now)
         log.warning(f"{member.name} {status} after {up_for:.0f} s up; restarting in "
-                  f"{wait:.1f} s (restart {watch.crashes} in a row)")
+                    f"{wait:.1f} s (restart {watch.crashes} in a row)")
 
     def _restart(self, member: Member, watch: _Watch) -> None:
         try:
