@@ -198,7 +198,10 @@ class ChildProcess:
         with self.log_path.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
                 list(self.argv), env=dict(self.env), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                stdin=subprocess.DEVNULL,
+                # its own session: a Ctrl-C in the terminal reaches `focus dev` only, which
+                # stops the children with SIGTERM, instead of racing them to their exits
+                start_new_session=True)
 
     restart = start
 
