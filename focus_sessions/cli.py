@@ -80,9 +80,9 @@ app = typer.Typer(help="Focus Sessions: Pomodoro events projected into analytics
                   cls=_FocusGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
-#: Commands that say on stderr which broker they use (``emit`` and ``simulate`` say it
-#: themselves: they also take ``--bootstrap-servers``).
-SAYS_BROKER = frozenset({"project", "api", "replay", "verify"})
+#: Commands whose broker line this module prints (``emit``, ``simulate`` and ``dlq`` print
+#: their own: the first two also take ``--bootstrap-servers``).
+SAYS_BROKER = frozenset({"project", "api", "replay", "verify", "status"})
 
 
 @app.callback()

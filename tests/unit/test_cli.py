@@ -448,3 +448,15 @@ def test_dev_refuses_to_start_a_second_stack_on_the_same_folder(
     assert result.exit_code == 2
     assert f"`focus dev` (pid {os.getpid()}) already runs under {tmp_path}" in result.stderr
     assert started == []
+
+
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["replay", "--dry-run"]])
+def test_commands_that_read_the_log_say_which_broker_they_use(
+    tmp_path: Path, command: list[str],
+) -> None:
+    write_state(CommonSettings(focus_data_dir=tmp_path), "127.0.0.1:9",
+                "postgresql://postgres@127.0.0.1:9/x", broker="apache")
+    result = focus(*command)  # nothing answers there: the command fails after the line
+    assert result.stderr.splitlines()[0] == (
+        f"focus: broker 127.0.0.1:9 (from apache of the running `focus dev`, pid {os.getpid()}, "
+        f"{tmp_path / 'dev.json'})")
