@@ -96,7 +96,7 @@ def target_broker(bootstrap: str | None, topic: str | None, create_topic: bool,
     except ServersNotConfigured as error:
         _fail(str(error))
     typer.echo(broker_line(chosen, origin), err=True)
-    return target(settings, chosen, topic, create_topic, timeout)
+    return target(settings, chosen, origin, topic, create_topic, timeout)
 
 
 @emit_app.command("started")

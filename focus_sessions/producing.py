@@ -22,8 +22,6 @@ from focus_sessions.producers.simulate import Simulation
 from focus_sessions.settings import CommonSettings
 from focus_sessions.topics import BrokerUnavailableError, ensure_topics, wait_for_broker
 
-DEFAULT_BOOTSTRAP = "localhost:9092"
-
 
 class ProduceError(RuntimeError):
     """A failure worth one clear line to the person at the terminal."""
@@ -32,20 +30,19 @@ class ProduceError(RuntimeError):
 @dataclass(frozen=True)
 class Target:
     bootstrap_servers: str
-    from_environment: bool
+    #: Where the address came from, as :func:`focus_sessions.servers.broker` says it.
+    origin: str
     topic: str
     partitions: int
     create_topic: bool
     timeout: float
 
 
-def target(settings: CommonSettings, bootstrap: str | None, topic: str | None,
+def target(settings: CommonSettings, bootstrap: str, origin: str, topic: str | None,
            create_topic: bool, timeout: float) -> Target:
-    """Where to publish: the option, else ``KAFKA_BOOTSTRAP_SERVERS``, else localhost:9092."""
-    chosen = bootstrap or settings.kafka_bootstrap_servers
-    return Target(chosen or DEFAULT_BOOTSTRAP, chosen is not None,
-                  topic or settings.focus_events_topic, settings.focus_topic_partitions,
-                  create_topic, timeout)
+    """Where to publish: the broker already found (and where it came from), the topic."""
+    return Target(bootstrap, origin, topic or settings.focus_events_topic,
+                  settings.focus_topic_partitions, create_topic, timeout)
 
 
 def describe_validation(error: ValidationError) -> str:
@@ -62,10 +59,8 @@ async def prepare(where: Target) -> None:
     try:
         await wait_for_broker(where.bootstrap_servers, timeout=where.timeout)
     except BrokerUnavailableError as error:
-        origin = ("from KAFKA_BOOTSTRAP_SERVERS / --bootstrap-servers" if where.from_environment
-                  else "the default, as KAFKA_BOOTSTRAP_SERVERS is not set")
         raise ProduceError(
-            f"No Kafka broker answered at {where.bootstrap_servers!r} ({origin}) within "
+            f"No Kafka broker answered at {where.bootstrap_servers!r} (from {where.origin}) within "
             f"{where.timeout:g} s. Start one (`docker compose up -d kafka`, or `focus dev` and "
             "use the address it prints), then set KAFKA_BOOTSTRAP_SERVERS=host:port or pass "
             "--bootstrap-servers."

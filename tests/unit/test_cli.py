@@ -399,7 +399,8 @@ def test_emit_and_simulate_publish_to_the_running_focus_dev_and_say_so(
     first = result.stderr.splitlines()[0]
     assert first == (f"focus: broker 127.0.0.1:9 (from tansu of the running `focus dev`, "
                      f"pid {os.getpid()}, {tmp_path / 'dev.json'})")
-    assert "No Kafka broker answered at '127.0.0.1:9'" in result.stderr
+    assert "No Kafka broker answered at '127.0.0.1:9' (from tansu of the running `focus dev`" \
+        in result.stderr  # the error names the same origin as the first line
 
 
 def test_bootstrap_servers_option_wins_and_is_named_as_the_origin(tmp_path: Path) -> None:
