@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
@@ -16,6 +18,8 @@ from rich.text import Text
 from focus_sessions.settings import ProjectorSettings, from_environment
 from focus_sessions.status import Report, gather
 
+#: The last reading for the next one: (monotonic time, positions, lag).
+Previous = tuple[float, dict[int, int], int]
 _STYLE = {"ok": "green", "warn": "yellow", "stall": "red", "stop": "bold red"}
 
 
@@ -35,13 +39,17 @@ def status(
 ) -> None:
     """Lag per partition, throughput, group members, held events, dead letters, freshness and
     a verdict (ok, warn, stall, stop). Exit status 1 on stall or stop."""
-    from focus_sessions.servers import resolved
+    from focus_sessions.servers import ServersNotConfigured, resolved
 
-    settings = resolved(from_environment(ProjectorSettings))
+    try:
+        settings = resolved(from_environment(ProjectorSettings))
+    except ServersNotConfigured as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     url = metrics_url or (f"http://127.0.0.1:{settings.focus_projector_metrics_port}"
                           if settings.focus_projector_metrics_port else "none")
 
-    async def read(previous: tuple[float, dict[int, int], int] | None) -> Report:
+    async def read(previous: Previous | None) -> Report:
         return await gather(
             bootstrap=settings.kafka_bootstrap_servers or "",
             database_url=settings.database_url or "", topic=settings.focus_events_topic,
@@ -60,14 +68,17 @@ def status(
     asyncio.run(_watch(read, interval, as_json))
 
 
-async def _watch(read: object, interval: float, as_json: bool) -> None:
-    previous = None
-    with Live(Text("reading…"), auto_refresh=False) as live:
+async def _watch(read: Callable[[Previous | None], Awaitable[Report]], interval: float,
+                 as_json: bool) -> None:
+    previous: Previous | None = None
+    with contextlib.ExitStack() as stack:
+        live = None if as_json else stack.enter_context(Live(Text("reading…"),
+                                                             auto_refresh=False))
         while True:
-            report: Report = await read(previous)  # type: ignore[operator]
+            report = await read(previous)
             previous = (time.monotonic(), {p.partition: p.position for p in report.partitions},
                         report.lag)
-            if as_json:
+            if live is None:
                 typer.echo(report.to_json())
             else:
                 live.update(render(report), refresh=True)
