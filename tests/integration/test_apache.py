@@ -20,7 +20,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from focus_sessions.apache import ApacheKafka, fetch_jars, new_cluster_id
+from focus_sessions.apache import (
+    ApacheKafka,
+    fetch_jars,
+    find_java,
+    kafka_version,
+    new_cluster_id,
+)
 from focus_sessions.bootstrap import producer
 from focus_sessions.embedded import EmbeddedServerError, free_port
 from focus_sessions.idempotence import broker_grants_idempotence, idempotent
@@ -73,9 +79,18 @@ def test_a_restart_on_the_same_data_folder_keeps_the_log_and_the_address(scratch
     with ApacheKafka(scratch) as kafka:
         # a fresh folder: formatted, on free ports, its cluster id written down
         assert not kafka.reused_log
+        assert kafka.start() is kafka  # started already: nothing happens
         address, cluster_id = kafka.bootstrap_servers, kafka.cluster_id
         ids = asyncio.run(publish(address))
         assert (scratch / "node-1" / "log" / "meta.properties").is_file()
+        # SIGKILLed right after the acknowledgements: the node comes back on its log
+        crashed = kafka.pid
+        kafka.kill(1)
+        assert kafka.pid is None
+        kafka.start_node(1)
+        assert kafka.pid not in (None, crashed)
+        assert sorted(json.loads(v)["id"] for v in asyncio.run(
+            _read_all(address, "focus.session.events", 6))) == sorted(ids)
         # a second start on the folder while this one runs (as after a SIGKILLed parent)
         with pytest.raises(EmbeddedServerError, match=rf"pid {kafka.pid}\) still runs"):
             ApacheKafka(scratch).start()
@@ -89,6 +104,34 @@ def test_a_restart_on_the_same_data_folder_keeps_the_log_and_the_address(scratch
     assert sorted(json.loads(v)["id"] for v in values) == sorted(ids)
     saved = json.loads((scratch / "cluster.json").read_text())
     assert saved["cluster_id"] == cluster_id and saved["nodes"] == 1
+
+
+def test_what_is_known_before_start_and_what_is_refused(scratch: Path) -> None:
+    assert ApacheKafka(scratch, nodes=3).replication_factor == 3
+    assert ApacheKafka(scratch, nodes=5).replication_factor == 3
+    with pytest.raises(EmbeddedServerError, match=r"not started; call start\(\) first"):
+        _ = ApacheKafka(scratch).bootstrap_servers
+    with pytest.raises(ValueError, match="at least 1"):
+        ApacheKafka(scratch, nodes=0)
+    pom = scratch / "pom.xml"
+    pom.write_text("<project/>")
+    with pytest.raises(EmbeddedServerError, match=r"names no <kafka\.version>"):
+        kafka_version(pom)
+
+
+def test_java_is_found_through_java_home_and_its_absence_is_explained(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = scratch / "jdk" / "bin" / "java"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(scratch / "jdk"))
+    assert find_java() == str(fake)
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(scratch))
+    with pytest.raises(EmbeddedServerError, match=r"needs Java 17.*JAVA_HOME"):
+        find_java()
 
 
 def test_a_data_folder_of_another_cluster_size_is_refused(scratch: Path) -> None:
@@ -122,6 +165,19 @@ def test_without_maven_the_error_says_what_to_install_or_set(
     monkeypatch.setenv("PATH", str(scratch))  # no mvn there
     with pytest.raises(EmbeddedServerError, match=r"needs Maven.*FOCUS_KAFKA_LIBS"):
         fetch_jars(cache=scratch)
+
+
+@needs_java
+def test_maven_fetches_the_jars_into_an_empty_cache_and_a_libs_folder_can_replace_it(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FOCUS_KAFKA_LIBS", raising=False)
+    libs = fetch_jars(cache=scratch)  # mvn, from ~/.m2 after the first time on this machine
+    assert libs == scratch / f"kafka-{kafka_version()}" / "libs"
+    assert any(libs.glob("kafka_2.13-*.jar")) and any(libs.glob("log4j-core-*.jar"))
+    assert [p.name for p in libs.parent.iterdir() if p.name.startswith("libs-")] == []
+    monkeypatch.setenv("FOCUS_KAFKA_LIBS", str(libs))
+    assert fetch_jars(cache=scratch / "elsewhere") == libs
 
 
 @needs_java
