@@ -227,6 +227,7 @@ async def test_a_killed_projectors_partitions_move_within_the_session_timeout_pl
         while not (len(last_assignment(a.log()) or []) == 3
                    and len(last_assignment(b.log()) or []) == 3):
             assert time.monotonic() < deadline, (a.log(), b.log())
+            assert a.process.poll() is None and b.process.poll() is None, (a.log(), b.log())
             await asyncio.sleep(0.1)
         killed_at = time.monotonic()
         b.kill()
