@@ -4,6 +4,7 @@ FastStream subscriber.
     python bench/projector_bench.py                      # 1,000,000 events, 10,000 users
     python bench/projector_bench.py --events 200000 --naive-events 10000 --profile
     python bench/projector_bench.py --events 60000 --naive-events 1000 --processes 2
+    python bench/projector_bench.py --events 100000 --naive-events 0 --broker both
 
 Publishes a realistic stream (``focus_sessions.producers.simulate``, about four events per session)
 to a fresh
@@ -29,8 +30,11 @@ to a fresh
 
 Servers: KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL when set (only uniquely named databases and
 topics are created, and dropped afterwards), else an embedded tansu broker and an embedded
-PostgreSQL, stopped at the end. ``--profile`` adds a cProfiled projector pass (separate group and
-database, not part of the figures) and prints the top functions by own time.
+PostgreSQL, stopped at the end. ``--broker apache`` starts Apache Kafka from Maven Central instead
+(``focus_sessions.apache``); ``--broker both`` runs the whole bench on tansu, then on Apache Kafka
+(same seed, same events), and prints the two tables' rates side by side. ``--profile`` adds a
+cProfiled projector pass (separate group and database, not part of the figures) and prints the
+top functions by own time.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
+from focus_sessions.apache import ApacheKafka, kafka_version  # noqa: E402
 from focus_sessions.bootstrap import build_projector, producer, run_projector  # noqa: E402
 from focus_sessions.embedded import EmbeddedKafka, EmbeddedPostgres  # noqa: E402
 from focus_sessions.migrate import migrate  # noqa: E402
@@ -89,7 +94,7 @@ SUBJECT = b'"subject":"'
 class Servers:
     bootstrap: str
     server_url: str  # a database to connect to for CREATE/DROP DATABASE
-    kafka_pid: int | None  # embedded broker, for its CPU time
+    kafka_pid: int | None  # embedded broker (tansu, or Apache Kafka's JVM), for its CPU time
     origin: str
     work: Path  # scratch files (removed at the end)
     databases: list[str] = field(default_factory=list)
@@ -97,15 +102,21 @@ class Servers:
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """Servers from the environment, else embedded ones; everything created is removed."""
+def servers(broker: str | None = None) -> Iterator[Servers]:
+    """Servers from the environment, else embedded ones; ``broker`` (tansu or apache) starts
+    that broker even when KAFKA_BOOTSTRAP_SERVERS is set. Everything created is removed."""
     with contextlib.ExitStack() as stack:
         bootstrap, kafka_pid = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip(), None
+        bootstrap = "" if broker else bootstrap
         server_url = os.environ.get("DATABASE_URL", "").strip()
         origin = []
         work = Path(tempfile.mkdtemp(prefix="focus-bench-"))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        if not bootstrap:
+        if not bootstrap and broker == "apache":
+            apache = stack.enter_context(ApacheKafka(work / "kafka"))
+            bootstrap, kafka_pid = apache.bootstrap_servers, apache.pid
+            origin.append(f"Apache Kafka {kafka_version()} (pid {kafka_pid})")
+        elif not bootstrap:
             kafka = stack.enter_context(EmbeddedKafka(work / "kafka"))
             bootstrap, kafka_pid = kafka.bootstrap_servers, kafka.pid
             origin.append(f"embedded tansu (pid {kafka_pid})")
@@ -246,7 +257,7 @@ class Measurement:
     startup: float  # start -> first commit (group join + first batch/event)
     cpu: float | None  # this process (or the worker processes), over the window
     postgres_cpu: float | None  # the server backends doing the work, over the window
-    broker_cpu: float | None  # embedded tansu, over the window
+    broker_cpu: float | None  # the embedded broker (tansu or the JVM), over the window
     gc: str  # Python's cyclic garbage collector in this process, over the window
     note: str = ""
 
@@ -545,6 +556,23 @@ def print_table(rows: list[Measurement]) -> None:
         print(f"{m.name} time in Python's garbage collector: {m.gc}")
 
 
+def print_side_by_side(runs: dict[str, list[Measurement]]) -> None:
+    """events/s, broker CPU and start-up of each measurement, one column group per broker."""
+    brokers = list(runs)
+    print(f"\nside by side ({', '.join(brokers)}; same seed, same events):")
+    head = f"{'':18}" + "".join(f" {b + ' events/s':>17} {'broker CPU s':>12} {'join+1st s':>10}"
+                                 for b in brokers)
+    print(head)
+    print("-" * len(head))
+    for row in runs[brokers[0]]:
+        cells = ""
+        for broker in brokers:
+            m = next((r for r in runs[broker] if r.name == row.name), None)
+            cells += (f" {m.rate:>17,.0f} {fmt(m.broker_cpu, '.2f'):>12} {m.startup:>10.2f}"
+                      if m else f" {'-':>17} {'-':>12} {'-':>10}")
+        print(f"{row.name:18}{cells}")
+
+
 def print_verdict(projectors: list[Measurement], naive: Measurement | None, total: int) -> None:
     if naive and naive.rate:
         print(f"\nnaive subscriber, extrapolated to all {total:,} events: "
@@ -587,8 +615,9 @@ def load() -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
-async def bench(s: Servers, args: argparse.Namespace) -> bool:
-    """Publish, measure the consumers, print the figures; True if the projectors are correct."""
+async def bench(s: Servers, args: argparse.Namespace) -> tuple[bool, list[Measurement]]:
+    """Publish, measure the consumers, print the figures; whether the projectors are correct,
+    and the measurements (projectors, then the naive subscriber)."""
     print(f"servers: {s.origin}; {postgres_facts(s.server_url)}")
     print(f"machine: {os.cpu_count()} CPUs; load average at start {load()}; {python_speed()}",
           flush=True)
@@ -630,7 +659,7 @@ async def bench(s: Servers, args: argparse.Namespace) -> bool:
     report(stream, projectors, naive, checks)
     if args.profile:
         await profile(s, stream, args, give_up_after)
-    return correct
+    return correct, projectors + ([naive] if naive else [])
 
 
 def report(stream: Stream, projectors: list[Measurement], naive: Measurement | None,
@@ -679,6 +708,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, PARTITIONS),
                         help="also run `focus project --processes N` (0: skip it); default: "
                              "this machine's CPUs, at most the partitions")
+    parser.add_argument("--broker", choices=("tansu", "apache", "both"),
+                        help="start this broker (both: tansu, then Apache Kafka, side by side); "
+                             "default: KAFKA_BOOTSTRAP_SERVERS, else tansu")
     parser.add_argument("--metrics", choices=("on", "off"), default="on",
                         help="projector metrics and health endpoint (off: "
                              "FOCUS_PROJECTOR_METRICS_PORT=0); alternate runs to see their cost")
@@ -702,8 +734,17 @@ def main(argv: list[str] | None = None) -> int:
     # read by every projector's settings, in this process and in `focus project --processes`
     os.environ["FOCUS_PROJECTOR_METRICS_PORT"] = "0" if args.metrics == "off" else str(free_port())
     print(f"projector metrics {args.metrics}", flush=True)
-    with servers() as s:
-        ok = asyncio.run(bench(s, args))
+    brokers = ["tansu", "apache"] if args.broker == "both" else [args.broker]
+    runs: dict[str, list[Measurement]] = {}
+    ok = True
+    for broker in brokers:
+        if len(brokers) > 1:
+            print(f"\n=== {broker} ===", flush=True)
+        with servers(broker) as s:
+            correct, runs[broker or "given"] = asyncio.run(bench(s, args))
+        ok = ok and correct
+    if len(runs) > 1:
+        print_side_by_side(runs)
     return 0 if ok else 1
 
 

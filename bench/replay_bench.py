@@ -3,6 +3,7 @@
     python bench/replay_bench.py                          # 1,000,000 events, 10,000 users
     python bench/replay_bench.py --events 200000 --users 2000 --workers 2
     python bench/replay_bench.py --rounds 3              # one topic, replayed 3 times
+    python bench/replay_bench.py --events 200000 --broker both   # tansu, then Apache Kafka
 
 Publishes ``--events`` events (~4 per session: start, two interruptions, end; half the ends
 v1, half v2) to a fresh topic, replays them into empty shadow tables of a fresh database
@@ -11,7 +12,9 @@ swap included); then runs the live projector (``focus_sessions.bootstrap.build_p
 the same
 topic into a second fresh database and prints its events/s next to it. Servers come from
 ``--bootstrap`` / ``--database-url`` (or KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL); without them,
-an embedded broker and PostgreSQL are started for the run.
+an embedded broker and PostgreSQL are started for the run. ``--broker apache`` starts Apache
+Kafka from Maven Central instead of tansu; ``--broker both`` runs on tansu, then on Apache Kafka
+(the same events, one PostgreSQL), and prints the rates side by side.
 
 With the embedded PostgreSQL, the first round runs on a server that has just started: it creates
 its WAL segments and first touches its shared buffers, and was 10-20 % slower than the rounds
@@ -42,6 +45,7 @@ from psycopg import sql  # noqa: E402
 from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: E402
 
 from bench import python_speed  # noqa: E402
+from focus_sessions.apache import ApacheKafka  # noqa: E402
 from focus_sessions.bootstrap import build_projector, producer, run_projector  # noqa: E402
 from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers, topic_log_ends  # noqa: E402
 from focus_sessions.consumers.replay.replayer import Replayer  # noqa: E402
@@ -142,7 +146,9 @@ async def live_projector(bootstrap: str, url: str, topic: str) -> tuple[float, f
         await task
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace) -> dict[str, float]:
+    """Publish, replay, project; print the figures and return the rates (events/s) by name."""
+    figures: dict[str, float] = {}
     topic = f"focus.bench.{uuid.uuid4().hex[:10]}"
     await ensure_topics(args.bootstrap, {topic: args.partitions, f"{topic}.dlq": 1})
     print(f"machine: {os.cpu_count()} CPUs; {python_speed()}", flush=True)
@@ -176,17 +182,21 @@ async def main(args: argparse.Namespace) -> None:
                   f" {report.events_per_second:,.0f} events/s ({args.workers} workers){label}")
             print(f"replay total: {whole:.2f} s = {report.events / whole:,.0f} events/s"
                   " (schema, bulk, catch-up, diff, swap)", flush=True)
+            figures["replay bulk"] = statistics.median(rates)
+            figures["replay total"] = report.events / whole
         if args.rounds > 1:
             print(f"replay bulk, median of {args.rounds}: {statistics.median(rates):,.0f} events/s"
                   f" (lowest {min(rates):,.0f}, highest {max(rates):,.0f})", flush=True)
         if args.skip_live:
-            return
+            return figures
         live_db = create_database(args.database_url)
         migrate(live_db)
         seconds, joining = await live_projector(args.bootstrap, live_db, topic)
         print(f"live projector: {report.events:,} events in {seconds:.2f} s ="
               f" {report.events / seconds:,.0f} events/s sustained (after {joining:.1f} s"
               " joining its consumer group and committing a first batch)")
+        figures["live projector"] = report.events / seconds
+        return figures
     finally:
         if not args.keep:
             for url in (replay_db, live_db):
@@ -208,14 +218,30 @@ if __name__ == "__main__":
                              " database (this machine's speed drifts: compare medians)")
     parser.add_argument("--skip-live", action="store_true", help="only the replay")
     parser.add_argument("--keep", action="store_true", help="keep the databases")
+    parser.add_argument("--broker", choices=("tansu", "apache", "both"),
+                        help="start this broker, even with --bootstrap (both: tansu, then Apache"
+                             " Kafka, side by side); default: --bootstrap, else tansu")
     arguments = parser.parse_args()
-    with contextlib.ExitStack() as servers:  # embedded broker/PostgreSQL unless given
+    brokers = ["tansu", "apache"] if arguments.broker == "both" else [arguments.broker]
+    runs: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as servers:  # embedded PostgreSQL unless given
         work = Path(tempfile.mkdtemp(prefix="focus-replay-bench-"))
         servers.callback(shutil.rmtree, work, ignore_errors=True)
-        if not arguments.bootstrap:
-            arguments.bootstrap = servers.enter_context(
-                EmbeddedKafka(work / "kafka")).bootstrap_servers
         if not arguments.database_url:
             arguments.database_url = servers.enter_context(
                 EmbeddedPostgres(work / "postgres", delete_on_stop=True)).url()
-        asyncio.run(main(arguments))
+        given = arguments.bootstrap
+        for broker in brokers:
+            with contextlib.ExitStack() as kafka:  # one broker at a time, each on its own
+                if broker == "apache":
+                    arguments.bootstrap = kafka.enter_context(
+                        ApacheKafka(work / "apache")).bootstrap_servers
+                elif broker == "tansu" or not given:
+                    arguments.bootstrap = kafka.enter_context(
+                        EmbeddedKafka(work / "tansu")).bootstrap_servers
+                print(f"\n=== {broker or arguments.bootstrap} ===", flush=True)
+                runs[broker or "given"] = asyncio.run(main(arguments))
+    if len(runs) > 1:
+        print(f"\nside by side, events/s ({', '.join(runs)}; the same events):")
+        for name in next(iter(runs.values())):
+            print(f"{name:16}" + "".join(f" {r.get(name, 0):>12,.0f}" for r in runs.values()))
