@@ -367,8 +367,10 @@ def hostile_event(draw: st.DrawFn, sessions: list[str]) -> tuple[bytes, bytes]:
     user = data.get("user_id") if isinstance(data.get("user_id"), str) else "ann"
     if draw(st.booleans()):  # one of the user's few ids: duplicates, same or other content
         body["id"] = str(uuid5(ID_SPACE, f"{user!r}\n{draw(st.integers(0, 3))}"))
-    elif draw(st.integers(0, 9)):
-        body["id"] = str(draw(st.uuids()))
+    elif draw(st.integers(0, 9)):  # any other id, still the user's own: hypothesis repeats
+        body["id"] = str(uuid5(ID_SPACE, f"{user!r}\n{draw(st.uuids())}"))  # values it drew
+    elif body.get("id") in sessions:  # a valid edge value is one of the shared session ids
+        body["id"] = str(uuid5(ID_SPACE, f"{user!r}\n{body['id']}"))
     body["data"] = data
     key = user if draw(st.integers(0, 9)) else "other"  # "other": a key-mismatch
     return key.encode("utf-8", "surrogatepass"), json.dumps(body).encode()
