@@ -284,11 +284,23 @@ def run(settings: CommonSettings, api_port: int, broker: str = "tansu",
     status: 0, or 1 when a piece that cannot be restarted died."""
     stack = DevStack(settings, api_port=api_port, broker=broker, kafka_port=kafka_port)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    running = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        # a flag, so that nothing the loop calls can swallow the stop; during start-up Ctrl-C
+        # also abandons what is under way. Installed for SIGINT too: a process started in the
+        # background by a shell without job control inherits SIGINT ignored.
+        stopping.set()
+        if signum == signal.SIGINT and not running.is_set():
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     status = 0
     try:
         stack.start()
         print(banner(stack), flush=True)
+        running.set()
         supervisor = stack.supervisor()
         while not stopping.is_set():
             supervisor.check()
