@@ -90,6 +90,15 @@ def test_two_projector_replicas_share_one_consumer_group() -> None:
     assert "FOCUS_CONSUMER_GROUP" not in projector["environment"]  # same default group
 
 
+def test_the_projector_healthcheck_asks_its_own_health_endpoint() -> None:
+    projector = compose()["services"]["projector"]
+    port = projector["environment"]["FOCUS_PROJECTOR_METRICS_PORT"]
+    assert str(port) in projector["expose"]
+    check = " ".join(projector["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in check
+    assert projector["environment"]["FOCUS_PROJECTOR_HEALTH_WINDOW_S"] > 0
+
+
 def test_secrets_come_from_the_environment_and_are_required() -> None:
     services = compose()["services"]
     assert services["api"]["environment"]["FOCUS_JWT_SECRET"].startswith("${FOCUS_JWT_SECRET:?")
