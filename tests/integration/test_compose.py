@@ -109,7 +109,8 @@ def test_secrets_come_from_the_environment_and_are_required() -> None:
 
 def test_data_lives_in_named_volumes() -> None:
     document = compose()
-    assert set(document["volumes"]) == {"kafka-data", "postgres-data"}
+    assert set(document["volumes"]) == {"kafka-data", "postgres-data", "prometheus-data",
+                                        "grafana-data"}
     assert "postgres-data:/var/lib/postgresql/data" in document["services"]["postgres"]["volumes"]
 
 
