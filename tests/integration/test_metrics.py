@@ -216,11 +216,21 @@ async def test_a_stopped_worker_turns_the_supervisor_unhealthy_within_the_window
             await wait_health(client, metrics_env, 200, 10, proc)
             stopped = beating[0]
             os.kill(stopped, signal.SIGSTOP)
-            # the heartbeat is refreshed every second: STOP within window + 1 s + a look
-            took = await wait_health(client, metrics_env, 503, WINDOW + 4, proc)
-            body = (await client.get(f"http://127.0.0.1:{metrics_env}/healthz")).json()
-            assert body["status"] == "stop", body
-            assert {p["pid"]: p["status"] for p in body["processes"]}[str(stopped)] == "stop"
+            # the heartbeat is refreshed every second: STOP within window + 1 s + a look. The
+            # first 503 may come from the other worker (a poll gap past this test's 3 s window
+            # while it takes over the partitions, on Apache Kafka under load): wait for the
+            # verdict on the stopped one itself
+            began = time.monotonic()
+            while True:
+                answer = await client.get(f"http://127.0.0.1:{metrics_env}/healthz")
+                body = answer.json()
+                verdicts = {p["pid"]: p["status"] for p in body["processes"]}
+                if verdicts.get(str(stopped)) == "stop":
+                    break
+                assert time.monotonic() - began < WINDOW + 4, body
+                await asyncio.sleep(0.2)
+            took = time.monotonic() - began
+            assert answer.status_code == 503 and body["status"] == "stop", body
             os.kill(stopped, signal.SIGCONT)
             stopped = None
             await wait_health(client, metrics_env, 200, 30, proc)
