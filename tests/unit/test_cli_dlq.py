@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-from typer.testing import CliRunner, Result
 
-from focus_sessions.cli import app
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Only what a test sets: the shell running the suite may export real settings."""
-    for name in list(os.environ):
-        if name.startswith("FOCUS_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FOCUS_DATA_DIR", str(tmp_path))  # no `focus dev` stack in there
-
-
-def focus(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
+# the CLI tests' own clean environment (autouse) and runner, not a copy of them
+from tests.unit.test_cli import clean_environment, focus  # noqa: F401
 
 
 def test_without_servers_each_command_says_what_to_set() -> None:
