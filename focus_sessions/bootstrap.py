@@ -200,7 +200,8 @@ def api_writer(settings: ApiSettings, started: AIOKafkaProducer | None = None) -
 def build_replayer(
     settings: ProjectorSettings, progress: ReplayProgress | None = None, *,
     users: frozenset[str] | None = None, workers: int | None = None,
-    shadow: str = "focus_shadow", keep_retired: bool = False,
+    shadow: str = "focus_shadow", keep_retired: bool = False, restart: bool = False,
+    memory: int | None = None,
 ) -> Replayer:
     """``focus replay``: rebuilds the read models from the settings' topic into ``shadow``."""
     from focus_sessions.consumers.replay.follow import ReplayOptions, default_workers
@@ -210,7 +211,8 @@ def build_replayer(
     kafka, url = servers(settings, "build_replayer")
     options = ReplayOptions(bootstrap=kafka, url=url, topic=settings.focus_events_topic,
                             shadow=shadow, users=users, workers=workers or default_workers(),
-                            keep_retired=keep_retired)
+                            keep_retired=keep_retired, restart=restart,
+                            memory_budget=memory or settings.replay_memory_bytes)
     return Replayer(options, migrate, progress)
 
 

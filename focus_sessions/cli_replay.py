@@ -23,9 +23,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from focus_sessions.settings import ProjectorSettings, from_environment
+from focus_sessions.settings import ProjectorSettings, from_environment, parse_size
 
 if TYPE_CHECKING:
+    from focus_sessions.consumers.replay.bulk import Progress as BulkProgress
     from focus_sessions.consumers.replay.replayer import ReplayReport
 
 console = Console(stderr=True)
@@ -36,13 +37,23 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:,.0f} ev/s" if task.speed else "", style="progress.data.speed")
 
 
+class _Bytes(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        done = task.fields.get("bytes", 0)
+        return Text(f"{done / (1 << 20):,.0f} MiB", style="progress.filesize")
+
+
 class RichProgress:
-    """Bulk progress: one bar for the whole log (events/s, ETA) and one per partition."""
+    """Bulk progress: one bar for the whole log and one per partition (events, bytes, events/s,
+    ETA), and a line for memory (in use and peak, all replay processes), events held and what
+    the workers flushed early."""
 
     def __init__(self) -> None:
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             _Rate(), TimeRemainingColumn(), console=console, transient=False)
+                             _Bytes(), _Rate(), TimeRemainingColumn(), console=console,
+                             transient=False)
         self.total: TaskID | None = None
+        self.memory: TaskID | None = None
         self.parts: dict[int, TaskID] = {}
 
     def phase(self, text: str) -> None:
@@ -54,6 +65,19 @@ class RichProgress:
         self.total = self.bars.add_task("all partitions", total=sum(ends.values()))
         for p, end in sorted(ends.items()):
             self.parts[p] = self.bars.add_task(f"  partition {p}", total=end)
+        self.memory = self.bars.add_task("memory", total=None)
+
+    def bulk_status(self, progress: BulkProgress, memory: int, peak: int) -> None:
+        """Bytes per partition, and the memory line."""
+        for p, size in progress.bytes.items():
+            self.bars.update(self.parts[p], bytes=size)
+        if self.total is not None:
+            self.bars.update(self.total, bytes=sum(progress.bytes.values()))
+        if self.memory is not None:
+            self.bars.update(self.memory, description=(
+                f"memory {memory / (1 << 20):,.0f} MiB (peak {peak / (1 << 20):,.0f} MiB), "
+                f"{progress.held:,} events held, {progress.flushes:,} flushes, "
+                f"{progress.flushed_bytes / (1 << 20):,.0f} MiB flushed early"))
 
     def bulk_advanced(self, offsets: Mapping[int, int]) -> None:
         for p, offset in offsets.items():
@@ -73,21 +97,42 @@ def replay(
     = "focus_shadow",
     keep_retired: Annotated[bool, typer.Option(help="Keep the replaced tables in a "
                                                "focus_retired_<time> schema.")] = False,
+    restart: Annotated[bool, typer.Option(help="Start from zero, discarding the checkpoints "
+                                          "of an interrupted replay.")] = False,
+    memory: Annotated[str | None, typer.Option(
+        show_default=False, help="Memory budget of all replay processes together, e.g. 1GiB "
+        "(default: FOCUS_REPLAY_MEMORY, 1GiB).")] = None,
 ) -> None:
     """Rebuild the read models from the log into shadow tables, show the diff, swap them in."""
     from focus_sessions.bootstrap import build_replayer
     from focus_sessions.servers import resolved
 
     settings = resolved(from_environment(ProjectorSettings))
+    try:
+        budget = parse_size(memory) if memory is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory") from exc
     chosen = frozenset(u.strip() for u in users.split(",") if u.strip()) if users else None
     progress = RichProgress()
     replayer = build_replayer(settings, progress, users=chosen, workers=workers,
-                              shadow=shadow_schema, keep_retired=keep_retired)
-    report = asyncio.run(replayer.run(dry_run=dry_run))
+                              shadow=shadow_schema, keep_retired=keep_retired, restart=restart,
+                              memory=budget)
+    try:
+        report = asyncio.run(replayer.run(dry_run=dry_run))
+    except BaseException:
+        progress.bars.stop()
+        console.print(f"[yellow]the replay stopped; its checkpoints are in schema "
+                      f"{shadow_schema}: run the same command to continue it, or add "
+                      "--restart to start over[/yellow]")
+        raise
     progress.bars.stop()
+    continued = " (continued from its checkpoints)" if report.resumed else ""
     console.print(f"replayed {report.events:,} events ({report.duplicates:,} duplicates, "
-                  f"{report.dead_letters:,} dead letters) in {report.bulk_seconds:.1f} s: "
-                  f"{report.events_per_second:,.0f} events/s; caught up {report.caught_up:,}")
+                  f"{report.dead_letters:,} dead letters){continued}; this run read "
+                  f"{report.read:,} records in {report.bulk_seconds:.1f} s: "
+                  f"{report.events_per_second:,.0f} events/s; {report.flushes:,} flushes, "
+                  f"{report.split_sessions:,} sessions folded from parts; peak memory "
+                  f"{report.peak_memory / (1 << 20):,.0f} MiB; caught up {report.caught_up:,}")
     if report.diff is not None:
         _print_diff(report)
     if report.swapped:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from focus_sessions.contracts.topics import DEAD_LETTER_TOPIC, EVENTS_TOPIC
@@ -74,6 +75,33 @@ class ProjectorSettings(CommonSettings):
         60.0, gt=0, le=86_400, description="`/healthz` turns 503 when the projector has not "
         "polled for this long, or has lag and has committed nothing for this long.",
     )
+    focus_replay_memory: str = Field(
+        "1GiB", description="Resident memory `focus replay` may use, all its processes "
+        "together (e.g. 1GiB, 512MiB); `--memory` overrides it.",
+    )
+
+    @field_validator("focus_replay_memory")
+    @classmethod
+    def _a_size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @property
+    def replay_memory_bytes(self) -> int:
+        return parse_size(self.focus_replay_memory)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"512MiB"``, ``"800MB"``, ``"1073741824"`` -> bytes."""
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else None
+    if found is None or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (say 1GiB, 512MiB or a number of bytes)")
+    return int(float(found.group(1)) * _UNITS[unit])
 
 
 def from_environment(kind: type[S], **overrides: Any) -> S:

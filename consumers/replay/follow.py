@@ -23,7 +23,6 @@ from focus_sessions.consumers.replay import shadow_sql
 from focus_sessions.contracts.codec import PoisonEvent
 from focus_sessions.projections.batch import Located, plan, session_ids
 from focus_sessions.projections.readmodels import UNSTORABLE
-from focus_sessions.projections.readmodels.sessions import EVENTS, SESSIONS
 from focus_sessions.projections.repository import Advance, ProjectionRepository
 from focus_sessions.projections.wire import decode_message
 
@@ -49,6 +48,10 @@ class ReplayOptions:
     lock_timeout_ms: int = 300
     lock_attempts: int = 200
     batch: int = 5000
+    #: Resident memory every replay process together may use, bytes (FOCUS_REPLAY_MEMORY).
+    memory_budget: int = 1 << 30
+    #: Start from zero even when an interrupted replay left checkpoints (``--restart``).
+    restart: bool = False
 
 
 class ReplayProgress(Protocol):
@@ -235,15 +238,3 @@ class Follower:
         prior = await self.repository.load_histories(conn, session_ids(located))
         result = plan(prior, located)
         await self.repository.write(conn, self.options.topic, result, advances)
-
-    async def copy(self, conn: AsyncConnection[Any], events: list[tuple[Any, ...]],
-                   sessions: list[tuple[Any, ...]]) -> None:
-        """Bulk load pre-built records (sessions that spanned several bulk workers)."""
-        async with conn.cursor() as cur:
-            for table, rows in ((EVENTS, events), (SESSIONS, sessions)):
-                if not rows:
-                    continue
-                async with cur.copy(table.copy_into(self.options.shadow)) as copy:
-                    copy.set_types(table.types)
-                    for row in rows:
-                        await copy.write_row(row)

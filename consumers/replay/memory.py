@@ -115,6 +115,15 @@ class ShadowState:
                               in zip(session.history.events.values(), session.where, strict=True))
         return placed
 
+    def drain(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
+        """Every session derived, each removed from the state as it is yielded (its memory is
+        free for what the caller builds from it)."""
+        sessions = self.sessions
+        while sessions:
+            _, session = sessions.popitem()
+            derived = derive(session.history)
+            yield session, derived.row, derived.status
+
     def derive_all(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
         for session in self.sessions.values():
             derived = derive(session.history)

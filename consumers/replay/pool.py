@@ -8,9 +8,8 @@ them in every worker, all at once: ~0.4 s of CPU each, ~0.7 s under the ``focus`
 own modules the children import too.) Either way nothing of the parent's event loop, sockets or
 threads is inherited. Elsewhere, workers are spawned.
 
-The coordinator relays progress, finds sessions that more than one worker saw, has their owners
-hand them back, and folds those whole; likewise it collects the rollups of users more than one
-worker saw, to add them up.
+The coordinator relays the workers' progress and raises the first failure; sessions that two
+workers saw are found and folded afterwards (:mod:`.split`), from what the workers wrote.
 """
 
 from __future__ import annotations
@@ -19,35 +18,19 @@ import asyncio
 import multiprocessing
 import multiprocessing.forkserver
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
 from types import ModuleType
 from typing import Any
 
-from focus_sessions.consumers.replay.bulk import BulkSpec, WorkerResult, run_worker
-from focus_sessions.consumers.replay.memory import Placed, Rollups
+from focus_sessions.consumers.replay.bulk import BulkSpec, Progress, run_worker, totals
 
-OnProgress = Callable[[Mapping[int, int]], None]
-#: What a worker reports having read: its session ids (16 bytes each, concatenated) and the
-#: user ids its events named.
-Seen = tuple[bytes, set[str]]
+OnProgress = Callable[[Progress], None]
 
 
 class ReplayWorkerError(RuntimeError):
     """A bulk worker failed; the message carries its traceback."""
-
-
-@dataclass(slots=True)
-class Merged:
-    rollups: Rollups = field(default_factory=Rollups)
-    shared: list[Placed] = field(default_factory=list)
-    events: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    last_event_time: dict[int, datetime] = field(default_factory=dict)
 
 
 def _context() -> SpawnContext | ForkServerContext:
@@ -92,63 +75,59 @@ def deal(partitions: list[int], workers: int) -> list[tuple[int, ...]]:
     return [g for g in groups if g]
 
 
-async def run_pool(specs: list[BulkSpec], on_progress: OnProgress | None = None) -> Merged:
-    """Run one worker per spec; return the merged rollups and the cross-worker sessions."""
-    ctx = _context()
-    pipes: list[Connection] = []
-    procs: list[Any] = []
-    for spec in specs:
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=run_worker, args=(spec, child), daemon=True,
-                           name=f"replay-bulk-{'-'.join(map(str, spec.partitions))}")
-        proc.start()
-        child.close()
-        pipes.append(parent)
-        procs.append(proc)
-    try:
-        return await _drive(pipes, on_progress)
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-        for pipe in pipes:
-            pipe.close()
+class Pool:
+    """The bulk workers of one replay: started, driven to the end, their processes listed for
+    the memory watch."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None and p.is_alive()]
+
+    async def run(self, specs: list[BulkSpec], on_progress: OnProgress | None = None) -> None:
+        """Run one worker per spec until every one has flushed its partitions' ends."""
+        ctx = _context()
+        pipes: list[Connection] = []
+        for spec in specs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=run_worker, args=(spec, child), daemon=True,
+                               name=f"replay-bulk-{spec.group}")
+            proc.start()
+            child.close()
+            pipes.append(parent)
+            self.procs.append(proc)
+        try:
+            await _drive(pipes, on_progress)
+        finally:
+            for proc in self.procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+            for pipe in pipes:
+                pipe.close()
+            self.procs.clear()
 
 
-async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> Merged:
-    merged = Merged()
-    offsets: dict[int, int] = {}
-    seen: dict[int, Seen] = {}
-    results: dict[int, WorkerResult] = {}
-    while len(results) < len(pipes):
+async def _drive(pipes: list[Connection], on_progress: OnProgress | None) -> None:
+    progress: dict[int, Progress] = {}
+    done: set[int] = set()
+    while len(done) < len(pipes):
         message = False
         for i, pipe in enumerate(pipes):
-            while i not in results and pipe.poll():
+            while i not in done and pipe.poll():
                 message = True
                 kind, body = _receive(pipe)
                 if kind == "progress":
-                    offsets.update(body)
+                    progress[body.group] = body
                     if on_progress is not None:
-                        on_progress(offsets)
-                elif kind == "seen":
-                    seen[i] = body
-                    if len(seen) == len(pipes):
-                        _send_shared(pipes, seen)
+                        on_progress(totals(progress))
                 elif kind == "done":
-                    results[i] = body
+                    done.add(i)
                 elif kind == "error":
                     raise ReplayWorkerError(f"replay worker {i} failed: {body}")
         if not message:
             await asyncio.sleep(0.02)
-    for result in results.values():
-        merged.rollups.merge(result.rollups)
-        merged.shared.extend(result.shared)
-        merged.events += result.events
-        merged.duplicates += result.duplicates
-        merged.dead_letters += result.dead_letters
-        merged.last_event_time.update(result.last_event_time)
-    return merged
 
 
 def _receive(pipe: Connection) -> tuple[str, Any]:
@@ -157,26 +136,3 @@ def _receive(pipe: Connection) -> tuple[str, Any]:
     except EOFError as exc:
         raise ReplayWorkerError("a replay worker exited without reporting (killed?)") from exc
     return str(kind), body
-
-
-def _send_shared(pipes: list[Connection], seen: Mapping[int, Seen]) -> None:
-    """Tell every worker which of its sessions and users another worker also saw."""
-    owners: dict[bytes, int] = {}
-    shared: set[bytes] = set()
-    user_owners: dict[str, int] = {}
-    shared_users: set[str] = set()
-    for i, (blob, users) in seen.items():
-        for j in range(0, len(blob), 16):
-            sid = blob[j:j + 16]
-            if owners.setdefault(sid, i) != i:
-                shared.add(sid)
-        for user in users:
-            if user_owners.setdefault(user, i) != i:
-                shared_users.add(user)
-    for i, pipe in enumerate(pipes):
-        blob, users = seen[i]
-        mine = b""
-        if shared:
-            ids = {blob[j:j + 16] for j in range(0, len(blob), 16)}
-            mine = b"".join(shared & ids)
-        pipe.send(("shared", (mine, shared_users & users)))

@@ -26,18 +26,22 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from focus_sessions.consumers.replay import shadow_sql
-from focus_sessions.consumers.replay.bulk import BulkSpec
+from focus_sessions.consumers.replay import checkpoint, rss, shadow_sql, split
+from focus_sessions.consumers.replay.bulk import MIN_HELD, BulkSpec, Progress
 from focus_sessions.consumers.replay.compare import ReplayDiff, diff
 from focus_sessions.consumers.replay.follow import Follower, ReplayOptions, ReplayProgress, Silent
-from focus_sessions.consumers.replay.memory import build, state_of
-from focus_sessions.consumers.replay.pool import deal, run_pool, warm_up
+from focus_sessions.consumers.replay.pool import Pool, deal, warm_up
 from focus_sessions.projections import notify
 from focus_sessions.projections.readmodels import POSITIONS, TABLES
-from focus_sessions.projections.readmodels.sessions import EVENTS, event_record, session_record
+from focus_sessions.projections.readmodels.sessions import EVENTS
 
 #: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
 REPLAY_LOCK = 0x5265706C  # "Repl"
+#: Memory kept out of the workers' shares for the coordinator's own work (the diff, the
+#: folding of split sessions, progress), on top of what it and the fork server hold at start.
+COORDINATOR_RESERVE = 64 << 20
+#: A worker share below this cannot hold its process (~60 MiB) and a useful number of events.
+WORKER_FLOOR = 96 << 20
 
 
 #: ``migrate(url, schema)``: creates every read-model table in a schema
@@ -53,6 +57,8 @@ class ReplayError(RuntimeError):
 @dataclass(slots=True)
 class ReplayReport:
     events: int = 0
+    #: Records this run read (a continued run reads only what its checkpoints did not cover).
+    read: int = 0
     duplicates: int = 0
     dead_letters: int = 0
     bulk_seconds: float = 0.0
@@ -64,10 +70,20 @@ class ReplayReport:
     #: Transactions the swap needed: > 1 when live tables were busy and it backed off.
     swap_attempts: int = 0
     positions: dict[int, int] = field(default_factory=dict)
+    #: Peak resident memory of every replay process together (coordinator, fork server,
+    #: workers), bytes, sampled while the replay ran.
+    peak_memory: int = 0
+    #: Times a worker's memory share filled and it flushed its sessions to PostgreSQL early.
+    flushes: int = 0
+    #: Sessions that more than one flush (or worker) saw a part of, folded whole at the end.
+    split_sessions: int = 0
+    #: This run continued an interrupted one (from its checkpoints) instead of starting over.
+    resumed: bool = False
 
     @property
     def events_per_second(self) -> float:
-        return self.events / self.bulk_seconds if self.bulk_seconds else 0.0
+        """Records read by this run per second of its bulk phase."""
+        return self.read / self.bulk_seconds if self.bulk_seconds else 0.0
 
 
 class Replayer:
@@ -83,9 +99,15 @@ class Replayer:
         self.progress = progress or Silent()
         self.follow = Follower(options, self.progress)
         self.report = ReplayReport()
+        self.pool = Pool()
+        self.watch = rss.Watch(self._pids)
 
     async def run(self, *, dry_run: bool = False) -> ReplayReport:
-        """Bulk, catch-up, diff, then (unless ``dry_run``) swap; the shadow never outlives it."""
+        """Bulk, catch-up, diff, then (unless ``dry_run``) swap.
+
+        A run that fails or is killed leaves its shadow schema and checkpoints: the same command
+        continues it (``restart`` in the options starts over). A finished run drops the shadow.
+        """
         async with await self._connect() as guard:
             cur = await guard.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
                                       (REPLAY_LOCK, self.options.shadow))
@@ -94,28 +116,93 @@ class Replayer:
                                   "wait for it, or pass another --shadow-schema")
             await self.follow.start()
             try:
-                await self.bulk()
-                await self.catch_up()
-                self.report.diff = await self.diff()
-                if not dry_run:
-                    await self.swap()
+                with rss.Watch(self._pids) as self.watch:
+                    await self.bulk()
+                    await self.catch_up()
+                    self.report.diff = await self.diff()
+                    if dry_run:
+                        await self._drop(self.options.shadow)
+                    else:
+                        await self.swap()
             finally:
                 await self.follow.stop()
-                if dry_run or not self.report.swapped:
-                    await self._drop(self.options.shadow)
+                self.report.peak_memory = self.watch.peak
         return self.report
+
+    def _pids(self) -> list[int | None]:
+        return [*rss.helpers(), *self.pool.pids()]
 
     async def _connect(self) -> AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(self.options.url, autocommit=True)
 
     async def bulk(self) -> None:
-        """Fresh shadow schema, then every partition read to its end offset by the workers."""
+        """Every partition read to the end offsets of the run into the shadow tables: a new run,
+        or the interrupted one continued from its checkpoints."""
         o = self.options
         async with await self._connect() as conn:
             if POSITIONS not in await shadow_sql.tables(conn, o.live):
                 raise ReplayError(f"schema {o.live!r} has no read-model tables: run "
                                   "`focus migrate` first")
+            run = None if o.restart else await checkpoint.load(conn, o.shadow)
         warm_up()  # the workers' process server imports while the shadow schema is made
+        if run is not None:
+            why = checkpoint.run_matches(run, o.topic, o.users)
+            if why:
+                raise ReplayError(
+                    f"schema {o.shadow!r} holds an interrupted replay that these options cannot "
+                    f"continue ({why}): run its command again to continue it, or pass "
+                    "--restart to start over")
+            async with await self._connect() as conn:
+                run.generation = await checkpoint.take_over(conn, o.shadow)
+            self.report.resumed = True
+            self.progress.phase(f"continuing the interrupted replay (phase {run.phase})")
+        else:
+            run = await self._begin()
+        self.progress.bulk_started(run.ends)
+        started = time.perf_counter()
+        async with await self._connect() as conn:
+            before = await checkpoint.workers(conn, o.shadow)
+        if run.phase == "bulk":
+            await self._read(run)
+            run.phase = await self._advance("split")
+        if run.phase == "split":
+            async with await self._connect() as conn, conn.transaction():
+                await split.set_aside(conn, o.shadow)
+                await checkpoint.set_phase(conn, o.shadow, "indexes")
+            run.phase = "indexes"
+        if run.phase == "indexes":
+            await asyncio.gather(*(self._restore(statements)
+                                   for statements in run.indexes.values()))
+            run.phase = await self._advance("refold")
+        async with await self._connect() as conn:
+            after = await checkpoint.workers(conn, o.shadow)
+        if run.phase == "refold":
+            last_times: dict[int, datetime] = {}
+            for w in after:
+                last_times.update(w.last_times)
+            async with await self._connect() as conn, conn.transaction():
+                folded = await split.refold(conn, o.shadow, o.topic, run.ends, last_times)
+                run.counts = {"split_sessions": folded.sessions,
+                              "split_duplicates": folded.duplicates,
+                              "split_conflicts": folded.conflicts}
+                await checkpoint.set_phase(conn, o.shadow, "loaded", run.counts)
+            run.phase = "loaded"
+        r, c = self.report, run.counts
+        r.bulk_seconds = time.perf_counter() - started
+        r.read = (sum(sum(w.next_offsets.values()) for w in after)
+                  - sum(sum(w.next_offsets.values()) for w in before))
+        dropped = c.get("split_duplicates", 0) + c.get("split_conflicts", 0)
+        r.events = sum(w.events for w in after) - dropped
+        r.duplicates = sum(w.duplicates for w in after) + c.get("split_duplicates", 0)
+        r.dead_letters = sum(w.dead_letters for w in after) + c.get("split_conflicts", 0)
+        r.flushes = sum(w.flushes for w in after)
+        r.split_sessions = c.get("split_sessions", 0)
+        r.positions = dict(run.ends)
+
+    async def _begin(self) -> checkpoint.Run:
+        """A fresh shadow schema with the live table definitions, indexes stripped, and the
+        checkpoint tables of a new run."""
+        o = self.options
         await self._drop(o.shadow)
         await asyncio.to_thread(self.migrate, o.url, o.shadow)
         async with await self._connect() as conn:
@@ -125,31 +212,44 @@ class Replayer:
             async with await self._connect() as conn:
                 live = await shadow_sql.positions(conn, o.live, o.topic)
             ends = {p: min(end, live.get(p, 0)) for p, end in ends.items()}
-        self.progress.bulk_started(ends)
-        started = time.perf_counter()
+        run = checkpoint.Run(o.topic, sorted(o.users) if o.users is not None else None, ends,
+                             [list(g) for g in deal(sorted(ends), o.workers)], indexes, "bulk", 1)
+        async with await self._connect() as conn, conn.transaction():
+            await checkpoint.create(conn, o.shadow, run)
+        return run
+
+    async def _read(self, run: checkpoint.Run) -> None:
+        """The workers, each given its share of the memory budget, read to the run's ends."""
+        o = self.options
         async with await self._connect() as conn:
             skip = await self.follow.unstorable(conn)
-        specs = [BulkSpec(o.bootstrap, o.url, o.topic, o.shadow, group, ends, o.users,
-                          frozenset(s for s in skip if s[0] in group))
-                 for group in deal(sorted(ends), o.workers)]
-        merged = await run_pool(specs, self.progress.bulk_advanced)
-        await asyncio.gather(*(self._restore(statements) for statements in indexes.values()))
-        async with await self._connect() as conn, conn.transaction():
-            if merged.shared:
-                out = build(state_of(merged.shared), event_record, session_record)
-                await self.follow.copy(conn, out.events, out.sessions)
-                merged.rollups.merge(out.rollups)
-            await shadow_sql.finish_rollups(conn, o.shadow, merged.rollups)
-            await shadow_sql.set_positions(conn, o.shadow, o.topic, ends, merged.last_event_time)
-        r = self.report
-        r.bulk_seconds = time.perf_counter() - started
-        r.events, r.duplicates = merged.events, merged.duplicates
-        r.dead_letters = merged.dead_letters
-        r.positions = dict(ends)
+        ours = rss.total(rss.helpers()) + COORDINATOR_RESERVE
+        share = (o.memory_budget - ours) // len(run.groups)
+        if share < WORKER_FLOOR:
+            self.progress.phase(
+                f"memory budget {rss.mib(o.memory_budget)} leaves {rss.mib(max(share, 0))} per "
+                f"worker after the coordinator's {rss.mib(ours)}: workers flush every "
+                f"{MIN_HELD} events and may still exceed it")
+        specs = [BulkSpec(o.bootstrap, o.url, o.topic, o.shadow, g, tuple(parts), run.ends,
+                          run.generation, max(share, 0), o.users,
+                          frozenset(s for s in skip if s[0] in parts))
+                 for g, parts in enumerate(run.groups)]
+        await self.pool.run(specs, self._advanced)
 
-    async def _restore(self, statements: list[str]) -> None:
+    def _advanced(self, progress: Progress) -> None:
+        self.progress.bulk_advanced(progress.offsets)
+        status = getattr(self.progress, "bulk_status", None)
+        if status is not None:
+            status(progress, self.watch.now, self.watch.peak)
+
+    async def _advance(self, phase: str) -> str:
         async with await self._connect() as conn:
-            await shadow_sql.restore_indexes(conn, statements)
+            await checkpoint.set_phase(conn, self.options.shadow, phase)
+        return phase
+
+    async def _restore(self, statements: list[list[str]]) -> None:
+        async with await self._connect() as conn:
+            await shadow_sql.restore_indexes(conn, self.options.shadow, statements)
 
     async def catch_up(self, *, close_enough: int = 2000, rounds: int = 50) -> None:
         """Follow the live positions until the shadow is within ``close_enough`` events."""

@@ -83,23 +83,25 @@ async def finish_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollu
             await rollup.apply(cur, schema, rollups.sums[rollup.name])
 
 
-async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[str]]:
-    """Drop the bulk tables' indexes and keys in ``schema``; return, per table, the statements
-    that recreate them exactly (a sorted build is several times cheaper than row by row).
+async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[list[str]]]:
+    """Drop the bulk tables' indexes and keys in ``schema``; return, per table, ``[name,
+    statement]`` pairs that recreate them exactly (a sorted build is several times cheaper than
+    row by row).
 
     Partial indexes stay: they hold the few rows their predicate picks (held and contradicting
     events), so keeping one during the load costs a predicate per row, while building it
     afterwards reads the whole table, at the end of the bulk phase, when nothing overlaps it
     (~0.15 s for 1,000,000 events)."""
     cur = await conn.execute(
-        "SELECT c.relname, 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) ||"
+        "SELECT c.relname, k.conname,"
+        " 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) ||"
         " ' ADD CONSTRAINT ' || quote_ident(k.conname) || ' ' || pg_get_constraintdef(k.oid),"
         " 'ALTER TABLE ' || %s || '.' || quote_ident(c.relname) || ' DROP CONSTRAINT '"
         " || quote_ident(k.conname)"
         " FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
         " WHERE c.relnamespace = %s::regnamespace AND c.relname = ANY(%s)"
         " AND k.contype IN ('p', 'u')"
-        " UNION ALL SELECT c.relname, pg_get_indexdef(i.indexrelid),"
+        " UNION ALL SELECT c.relname, x.relname, pg_get_indexdef(i.indexrelid),"
         " 'DROP INDEX ' || %s || '.' || quote_ident(x.relname)"
         " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
         " JOIN pg_class x ON x.oid = i.indexrelid"
@@ -109,17 +111,24 @@ async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, li
         (*[sql.Identifier(schema).as_string(conn)] * 2, schema, list(BULK_LOADED),
          sql.Identifier(schema).as_string(conn), schema, list(BULK_LOADED)),
     )
-    recreate: dict[str, list[str]] = {}
-    for table, create, drop in await cur.fetchall():
+    recreate: dict[str, list[list[str]]] = {}
+    for table, name, create, drop in await cur.fetchall():
         await conn.execute(drop.encode())
-        recreate.setdefault(table, []).append(create)
+        recreate.setdefault(table, []).append([name, create])
     return recreate
 
 
-async def restore_indexes(conn: AsyncConnection[Any], statements: Sequence[str]) -> None:
+async def restore_indexes(conn: AsyncConnection[Any], schema: str,
+                          statements: Sequence[Sequence[str]]) -> None:
+    """Run each ``[name, statement]`` whose index is not there yet (a resumed replay may have
+    built some before it was killed; each statement commits on its own)."""
     await conn.execute("SET maintenance_work_mem = '256MB'")
-    for statement in statements:
-        await conn.execute(statement.encode())
+    for name, statement in statements:
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_class WHERE relnamespace = %s::regnamespace AND relname = %s",
+            (schema, name))
+        if await cur.fetchone() is None:
+            await conn.execute(statement.encode())
 
 
 async def lock_live(
