@@ -55,16 +55,26 @@ class RichProgress:
         self.total: TaskID | None = None
         self.memory: TaskID | None = None
         self.parts: dict[int, TaskID] = {}
+        self.start: dict[int, int] = {}
+        self.start_bytes: dict[int, int] = {}
 
     def phase(self, text: str) -> None:
         self.bars.stop()
         console.print(f"[bold]{text}[/bold]")
 
+    def bulk_resumed(self, offsets: Mapping[int, int], sizes: Mapping[int, int]) -> None:
+        """A continued replay: where its checkpoints are (the rate counts only new work)."""
+        self.start, self.start_bytes = dict(offsets), dict(sizes)
+
     def bulk_started(self, ends: Mapping[int, int]) -> None:
         self.bars.start()
-        self.total = self.bars.add_task("all partitions", total=sum(ends.values()))
+        start, sizes = self.start, self.start_bytes
+        self.total = self.bars.add_task("all partitions", total=sum(ends.values()),
+                                        completed=sum(start.values()),
+                                        bytes=sum(sizes.values()))
         for p, end in sorted(ends.items()):
-            self.parts[p] = self.bars.add_task(f"  partition {p}", total=end)
+            self.parts[p] = self.bars.add_task(f"  partition {p}", total=end,
+                                               completed=start.get(p, 0), bytes=sizes.get(p, 0))
         self.memory = self.bars.add_task("memory", total=None)
 
     def bulk_status(self, progress: BulkProgress, memory: int, peak: int) -> None:

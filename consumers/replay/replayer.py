@@ -158,10 +158,14 @@ class Replayer:
             self.progress.phase(f"continuing the interrupted replay (phase {run.phase})")
         else:
             run = await self._begin()
-        self.progress.bulk_started(run.ends)
-        started = time.perf_counter()
         async with await self._connect() as conn:
             before = await checkpoint.workers(conn, o.shadow)
+        resumed = getattr(self.progress, "bulk_resumed", None)
+        if resumed is not None:  # bars start where the checkpoints are, not at 0
+            resumed({p: n for w in before for p, n in w.next_offsets.items()},
+                    {p: n for w in before for p, n in w.bytes.items()})
+        self.progress.bulk_started(run.ends)
+        started = time.perf_counter()
         if run.phase == "bulk":
             await self._read(run)
             run.phase = await self._advance("split")
