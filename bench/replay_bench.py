@@ -350,7 +350,9 @@ async def one_size(args: argparse.Namespace, events: int) -> dict[str, float]:
                   f" ({peak.processes_at_peak} processes at the peak, {peak.samples} samples"
                   f" every {peak.interval} s; this"
                   f" process alone before the replay: {mib(peak.baseline)}, counted in the peak);"
-                  f" the replayer's own peak_memory: {own}; flushes: {report.flushes:,}",
+                  f" the replayer's own peak_memory: {own}; flushes: {report.flushes:,};"
+                  f" split sessions {report.split_sessions:,}; steps "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in report.steps.items()),
                   flush=True)
             if servers and n == 1:
                 print("  (not counted, the bench's servers: "

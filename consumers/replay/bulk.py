@@ -27,14 +27,13 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from psycopg import AsyncConnection
 
 from focus_sessions.consumers.replay import checkpoint, rss
 from focus_sessions.consumers.replay.memory import Rollups, ShadowState
@@ -115,9 +114,10 @@ def _die_with_parent() -> None:
 
 
 async def _work(spec: BulkSpec, pipe: Connection) -> None:
-    async with await AsyncConnection.connect(spec.url, autocommit=True) as conn:
-        mine = next(c for c in await checkpoint.workers(conn, spec.schema)
-                    if c.group == spec.group)
+    # a synchronous connection: a flush runs while nothing else needs the event loop (fetching
+    # is paused), and psycopg's synchronous COPY formats each row with less overhead
+    with psycopg.connect(spec.url, autocommit=True) as conn:
+        mine = checkpoint.worker(conn, spec.schema, spec.group)
         todo = {p: spec.ends[p] for p in spec.partitions
                 if mine.next_offsets.get(p, 0) < spec.ends[p]}
         if not todo:
@@ -126,7 +126,8 @@ async def _work(spec: BulkSpec, pipe: Connection) -> None:
         ahead = max(1 << 20, spec.memory_limit // 32)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=spec.bootstrap, enable_auto_commit=False, group_id=None,
-            max_partition_fetch_bytes=min(8 << 20, ahead), fetch_max_bytes=min(64 << 20, 4 * ahead),
+            max_partition_fetch_bytes=min(8 << 20, ahead),
+            fetch_max_bytes=min(64 << 20, 4 * ahead),
         )
         await consumer.start()
         try:
@@ -140,7 +141,7 @@ async def _work(spec: BulkSpec, pipe: Connection) -> None:
 
 
 class Worker:
-    def __init__(self, spec: BulkSpec, conn: AsyncConnection[Any],
+    def __init__(self, spec: BulkSpec, conn: psycopg.Connection[Any],
                  mine: checkpoint.WorkerCheckpoint, pipe: Connection) -> None:
         self.spec, self.conn, self.pipe = spec, conn, pipe
         #: Counts and offsets as of the last flush (what the checkpoint table holds) ...
@@ -195,13 +196,13 @@ class Worker:
                     consumer.pause(tp)
             if todo and self._full():
                 consumer.pause(*consumer.assignment())  # nothing fetched ahead meanwhile
-                await self.flush()
+                self.flush()
                 consumer.resume(*(tp for tp in consumer.assignment() if tp.partition in todo))
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY:
                 self.report()
                 last_report = now
-        await self.flush()
+        self.flush()
         self.report()
 
     def _full(self) -> bool:
@@ -222,38 +223,41 @@ class Worker:
                                              dict(self.bytes), self.state.events, s.flushes,
                                              s.flushed_bytes)))
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         """Write every held session and the checkpoint in one transaction; start afresh.
 
         Sessions are taken out of the state as they are written, a chunk at a time (two COPYs
         per chunk), so a flush needs little memory beyond what the held events already took.
+        The rollups' sums are staged by COPY too, and added up once at the end
+        (:func:`focus_sessions.projections.readmodels.base.Rollup.load_staged`).
         """
         state, spec = self.state, self.spec
         self._calibrate()
         rollups = Rollups()
-        async with self.conn.transaction(), self.conn.cursor() as cur:
-            await checkpoint.check_generation(self.conn, spec.schema, spec.generation)
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            checkpoint.check_generation(self.conn, spec.schema, spec.generation)
             drained = state.drain()
             while True:
                 rows: list[tuple[Any, ...]] = []
                 parts: list[tuple[Any, ...]] = []
-                async with cur.copy(EVENTS.copy_into(spec.schema)) as copy:
+                with cur.copy(EVENTS.copy_into(spec.schema)) as copy:
                     copy.set_types(EVENTS.types)
+                    write = copy.write_row
                     for session, row, status in itertools.islice(drained, FLUSH_CHUNK):
                         events = session.history.events
                         for (key, event), (p, o) in zip(events.items(), session.where,
                                                         strict=True):
-                            await copy.write_row(event_record(event, status[key], p, o))
+                            write(event_record(event, status[key], p, o))
                         parts.append((next(iter(events.values())).data.session_id, spec.group))
                         if row is not None:
                             rows.append(row)
                             rollups.add_row(row)
                 if not parts:
                     break
-                await copy_rows(cur, spec.schema, SESSIONS, rows)
-                await copy_rows(cur, spec.schema, PARTS, parts)
+                copy_rows(cur, spec.schema, SESSIONS, rows)
+                copy_rows(cur, spec.schema, PARTS, parts)
             for rollup in ROLLUPS:
-                await rollup.apply(cur, spec.schema, rollups.sums[rollup.name])
+                copy_rows(cur, spec.schema, checkpoint.staged(rollup), rollups.records(rollup))
             saved = self.saved
             flushed = sum(self.bytes.values()) - sum(saved.bytes.values())
             nxt = checkpoint.WorkerCheckpoint(
@@ -261,7 +265,7 @@ class Worker:
                 saved.events + state.events, saved.duplicates + state.duplicates,
                 saved.dead_letters + state.conflicts + self.dead, saved.flushes + 1,
                 saved.flushed_bytes + flushed)
-            await checkpoint.save_worker(self.conn, spec.schema, nxt)
+            checkpoint.save_worker_sync(self.conn, spec.schema, nxt)
         self.saved, self.state, self.dead, self.checked = nxt, ShadowState(), 0, 0
         _trim()
 
@@ -289,14 +293,12 @@ def _trim() -> None:
             ctypes.CDLL(None).malloc_trim(0)
 
 
-async def copy_rows(cur: psycopg.AsyncCursor[Any], schema: str, table: Table,
-                    rows: list[tuple[Any, ...]]) -> None:
-    if not rows:
-        return
-    async with cur.copy(table.copy_into(schema)) as copy:
+def copy_rows(cur: psycopg.Cursor[Any], schema: str, table: Table,
+              rows: Iterable[tuple[Any, ...]]) -> None:
+    with cur.copy(table.copy_into(schema)) as copy:
         copy.set_types(table.types)
         for row in rows:
-            await copy.write_row(row)
+            copy.write_row(row)
 
 
 def totals(progress: Mapping[int, Progress]) -> Progress:

@@ -1,7 +1,7 @@
 """A replay's checkpoints: what it has done, kept in its shadow schema, so that a replay that was
 killed continues where it was instead of starting over.
 
-Three tables live next to the shadow tables (never swapped: a swap moves only
+These tables live next to the shadow tables (never swapped: a swap moves only
 :data:`focus_sessions.consumers.replay.shadow_sql.SWAPPED`; they go with the shadow schema):
 
 - ``replay_run``: one row: the options a replay cannot change half-way (topic, ``--users``), the
@@ -12,6 +12,8 @@ Three tables live next to the shadow tables (never swapped: a swap moves only
   or fails after (the new run's ``UPDATE`` waits for the share lock).
 - ``replay_workers``: per worker, the offset up to which every record of its partitions is in
   the shadow tables, and running counts; written in the transaction that flushes its sessions.
+- ``replay_staged_<rollup table>``: the rollups' partial sums each flush wrote (COPY: the sums
+  are added up once, in SQL, when every worker is done);
 - ``replay_sessions``: one row per session part a flush wrote (the session id and the worker):
   a session with more than one row was cut by a flush or read by two workers; those are folded
   whole at the end (:mod:`.split`).
@@ -20,12 +22,14 @@ Three tables live next to the shadow tables (never swapped: a swap moves only
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, Connection, sql
 from psycopg.types.json import Jsonb
+
+from focus_sessions.projections.readmodels import ROLLUPS, Rollup, Table
 
 RUN, WORKERS, SESSIONS = "replay_run", "replay_workers", "replay_sessions"
 
@@ -71,6 +75,11 @@ def _t(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
+def staged(rollup: Rollup) -> Table:
+    """Where flushes stage a rollup's partial sums (its first table's shape, no key)."""
+    return replace(rollup.tables[0], name=f"replay_staged_{rollup.tables[0].name}")
+
+
 async def create(conn: AsyncConnection[Any], schema: str, run: Run) -> None:
     """The checkpoint tables of a new replay, with its run row and a zero row per worker."""
     await conn.execute(sql.SQL(
@@ -84,6 +93,9 @@ async def create(conn: AsyncConnection[Any], schema: str, run: Run) -> None:
         " flushed_bytes bigint NOT NULL);"
         "CREATE TABLE {sessions} (session_id uuid NOT NULL, grp int2 NOT NULL)"
     ).format(run=_t(schema, RUN), workers=_t(schema, WORKERS), sessions=_t(schema, SESSIONS)))
+    for rollup in ROLLUPS:
+        await conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(
+            staged(rollup).at(schema), rollup.tables[0].at(schema)))
     await conn.execute(sql.SQL(
         "INSERT INTO {} (topic, users, ends, groups, indexes, phase, generation)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)").format(_t(schema, RUN)),
@@ -118,11 +130,10 @@ async def take_over(conn: AsyncConnection[Any], schema: str) -> int:
     return int((await cur.fetchone() or [0])[0])
 
 
-async def check_generation(conn: AsyncConnection[Any], schema: str, generation: int) -> None:
+def check_generation(conn: Connection[Any], schema: str, generation: int) -> None:
     """In a flush's transaction: still the current start? (Holds the row until commit.)"""
-    cur = await conn.execute(sql.SQL("SELECT generation FROM {} FOR SHARE").format(
-        _t(schema, RUN)))
-    found = (await cur.fetchone() or [None])[0]
+    found = (conn.execute(sql.SQL("SELECT generation FROM {} FOR SHARE").format(
+        _t(schema, RUN))).fetchone() or [None])[0]
     if found != generation:
         raise Superseded(f"replay generation {generation} was superseded by {found}")
 
@@ -134,20 +145,42 @@ async def set_phase(conn: AsyncConnection[Any], schema: str, phase: str,
         _t(schema, RUN)), (phase, Jsonb(dict(counts or {}))))
 
 
-async def workers(conn: AsyncConnection[Any], schema: str) -> list[WorkerCheckpoint]:
-    cur = await conn.execute(sql.SQL(
+def _workers_query(schema: str) -> sql.Composed:
+    return sql.SQL(
         "SELECT grp, next_offsets, bytes, last_times, events, duplicates, dead_letters, flushes,"
-        " flushed_bytes FROM {} ORDER BY grp").format(_t(schema, WORKERS)))
+        " flushed_bytes FROM {} ORDER BY grp").format(_t(schema, WORKERS))
+
+
+def _checkpoints(rows: list[tuple[Any, ...]]) -> list[WorkerCheckpoint]:
     return [WorkerCheckpoint(
         g, _ints(offsets), _ints(sizes),
         {int(p): datetime.fromisoformat(t) for p, t in times.items()},
         events, duplicates, dead, flushes, flushed)
-        for g, offsets, sizes, times, events, duplicates, dead, flushes, flushed
-        in await cur.fetchall()]
+        for g, offsets, sizes, times, events, duplicates, dead, flushes, flushed in rows]
+
+
+async def workers(conn: AsyncConnection[Any], schema: str) -> list[WorkerCheckpoint]:
+    cur = await conn.execute(_workers_query(schema))
+    return _checkpoints(await cur.fetchall())
+
+
+def worker(conn: Connection[Any], schema: str, group: int) -> WorkerCheckpoint:
+    """One worker's checkpoint (read by the worker, on its own connection)."""
+    return next(c for c in _checkpoints(conn.execute(_workers_query(schema)).fetchall())
+                if c.group == group)
 
 
 async def save_worker(conn: AsyncConnection[Any], schema: str, c: WorkerCheckpoint) -> None:
-    await conn.execute(sql.SQL(
+    await conn.execute(*_save_worker(schema, c))
+
+
+def save_worker_sync(conn: Connection[Any], schema: str, c: WorkerCheckpoint) -> None:
+    """:func:`save_worker` on a worker's connection, in its flush's transaction."""
+    conn.execute(*_save_worker(schema, c))
+
+
+def _save_worker(schema: str, c: WorkerCheckpoint) -> tuple[sql.Composed, tuple[Any, ...]]:
+    return (sql.SQL(
         "INSERT INTO {} (grp, next_offsets, bytes, last_times, events, duplicates, dead_letters,"
         " flushes, flushed_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (grp) DO UPDATE SET next_offsets = EXCLUDED.next_offsets,"

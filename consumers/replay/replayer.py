@@ -79,6 +79,9 @@ class ReplayReport:
     split_sessions: int = 0
     #: This run continued an interrupted one (from its checkpoints) instead of starting over.
     resumed: bool = False
+    #: Seconds of this run's bulk steps: ``read`` (workers reading and flushing), ``split``,
+    #: ``indexes``, ``refold``.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -166,18 +169,28 @@ class Replayer:
                     {p: n for w in before for p, n in w.bytes.items()})
         self.progress.bulk_started(run.ends)
         started = time.perf_counter()
+        steps, step = self.report.steps, time.perf_counter()
+
+        def took(name: str) -> None:
+            nonlocal step
+            steps[name] = time.perf_counter() - step
+            step = time.perf_counter()
+
         if run.phase == "bulk":
             await self._read(run)
             run.phase = await self._advance("split")
+            took("read")
         if run.phase == "split":
             async with await self._connect() as conn, conn.transaction():
                 await split.set_aside(conn, o.shadow)
                 await checkpoint.set_phase(conn, o.shadow, "indexes")
             run.phase = "indexes"
+            took("split")
         if run.phase == "indexes":
             await asyncio.gather(*(self._restore(statements)
                                    for statements in run.indexes.values()))
             run.phase = await self._advance("refold")
+            took("indexes")
         async with await self._connect() as conn:
             after = await checkpoint.workers(conn, o.shadow)
         if run.phase == "refold":
@@ -191,6 +204,7 @@ class Replayer:
                               "split_conflicts": folded.conflicts}
                 await checkpoint.set_phase(conn, o.shadow, "loaded", run.counts)
             run.phase = "loaded"
+            took("refold")
         r, c = self.report, run.counts
         r.bulk_seconds = time.perf_counter() - started
         r.read = (sum(sum(w.next_offsets.values()) for w in after)

@@ -14,7 +14,6 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-from focus_sessions.consumers.replay.memory import Rollups
 from focus_sessions.projections.readmodels import (
     BULK_LOADED,
     POSITIONS,
@@ -71,16 +70,6 @@ async def set_positions(
         ).format(_t(schema, POSITIONS)),
         (topic, parts, [ends[p] for p in parts], [last_times.get(p) for p in parts]),
     )
-
-
-async def finish_rollups(conn: AsyncConnection[Any], schema: str, rollups: Rollups) -> None:
-    """After the bulk load: derive what each rollup derives in SQL, then add ``rollups`` (the
-    sums the coordinator merged) to the rows already in ``schema`` (the live projector's
-    upserts)."""
-    async with conn.cursor() as cur:
-        for rollup in ROLLUPS:
-            await rollup.finish_bulk(cur, schema)
-            await rollup.apply(cur, schema, rollups.sums[rollup.name])
 
 
 async def strip_indexes(conn: AsyncConnection[Any], schema: str) -> dict[str, list[list[str]]]:

@@ -7,11 +7,13 @@ sit on partitions of two workers (events naming different users, or partitions a
 In a log whose sessions' events come close together they are few: the sessions open at each
 flush.
 
-1. :func:`set_aside` (one transaction) moves their events and rows out of the shadow tables
-   into ``replay_split_events`` / ``replay_split_rows``: the tables' keys can then be rebuilt
-   (parts may hold the same event twice, or two rows of one session);
+1. :func:`set_aside` (one transaction) adds up the rollups' staged partial sums, and moves the
+   split sessions' events and rows out of the shadow tables into ``replay_split_events`` /
+   ``replay_split_rows``: the tables' keys can then be rebuilt (parts may hold the same event
+   twice, or two rows of one session);
 2. the indexes are rebuilt (:mod:`.replayer`);
-3. :func:`refold` (one transaction) folds each such session from all its events — in log order
+3. :func:`refold` (one transaction) derives the rollups' other tables (``finish_bulk``), folds
+   each such session from all its events — in log order
    within a partition, partitions in order — with the projector's ``derive``, writes its events
    and row, and moves every rollup by *whole row minus the parts' rows*, with the live
    projector's own upserts (which delete rows that fall to zero and recompute a user's newest
@@ -31,7 +33,6 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from focus_sessions.consumers.replay import checkpoint, shadow_sql
-from focus_sessions.consumers.replay.bulk import copy_rows
 from focus_sessions.consumers.replay.memory import ShadowState, build
 from focus_sessions.projections.fold import SessionRow
 from focus_sessions.projections.readmodels import ROLLUPS
@@ -64,7 +65,13 @@ def _t(schema: str, name: str) -> sql.Identifier:
 
 
 async def set_aside(conn: AsyncConnection[Any], schema: str) -> int:
-    """Move every split session's events and rows aside (caller's transaction); how many."""
+    """Add up the rollups' staged sums; move every split session's events and rows aside
+    (caller's transaction); return how many sessions were split."""
+    async with conn.cursor() as cur:
+        for rollup in ROLLUPS:
+            table = checkpoint.staged(rollup)
+            await rollup.load_staged(cur, schema, table.at(schema))
+            await cur.execute(sql.SQL("DROP TABLE {}").format(table.at(schema)))
     await conn.execute(sql.SQL(
         "CREATE TABLE {split} AS SELECT session_id FROM {parts}"
         " GROUP BY session_id HAVING count(*) > 1;"
@@ -90,7 +97,11 @@ async def refold(
     conn: AsyncConnection[Any], schema: str, topic: str, ends: Mapping[int, int],
     last_times: Mapping[int, datetime],
 ) -> Refolded:
-    """Fold the set-aside sessions whole and set the positions (caller's transaction)."""
+    """Derive the rollups' other tables, fold the set-aside sessions whole and set the
+    positions (caller's transaction)."""
+    async with conn.cursor() as cur:
+        for rollup in ROLLUPS:
+            await rollup.finish_bulk(cur, schema)
     done = Refolded()
     columns = sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS))
     state, current = ShadowState(), None
@@ -130,8 +141,11 @@ async def _write(conn: AsyncConnection[Any], schema: str, state: ShadowState,
     for rollup in ROLLUPS:
         rollup.merge(sums[rollup.name], out.rollups.sums[rollup.name])
     async with conn.cursor() as c:
-        await copy_rows(c, schema, EVENTS, out.events)
-        await copy_rows(c, schema, SESSIONS, out.sessions)
+        for table, rows in ((EVENTS, out.events), (SESSIONS, out.sessions)):
+            async with c.copy(table.copy_into(schema)) as copy:
+                copy.set_types(table.types)
+                for row in rows:
+                    await copy.write_row(row)
         for rollup in ROLLUPS:
             await rollup.apply(c, schema, sums[rollup.name])
     done.sessions += len(state.sessions)

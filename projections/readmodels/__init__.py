@@ -26,8 +26,9 @@ TABLES: tuple[Table, ...] = (
 )
 POSITIONS = "projector_positions"
 UNSTORABLE = "unstorable_events"
-#: Tables a replay's bulk phase loads with their indexes stripped (built after the load).
-BULK_LOADED = (sessions.EVENTS.name, sessions.SESSIONS.name)
+#: Tables a replay's bulk phase loads with their indexes stripped (built after the load): the
+#: sessions' tables and each rollup's sums.
+BULK_LOADED = (sessions.EVENTS.name, sessions.SESSIONS.name, *(r.tables[0].name for r in ROLLUPS))
 
 
 def table(name: str) -> Table:

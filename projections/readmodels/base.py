@@ -12,7 +12,8 @@ the diff and ``focus verify`` need of it:
 - ``change`` (live: the pure delta of one row's change, accumulated over a batch) and ``apply``
   (its SQL: add a batch's deltas to the stored rows, inside the batch's transaction);
 - ``add``/``merge``/``take_users``/``records`` (replay: sums built in memory by the bulk workers,
-  then loaded by binary COPY), and ``finish_bulk`` for what is derived in SQL after the load;
+  staged by binary COPY), ``load_staged`` (the staged partial sums added up in SQL into the
+  first table) and ``finish_bulk`` for what is derived in SQL after the load;
 - ``expected`` (verify: the tables recomputed from every session row, to compare with what is
   stored), and ``swap_users`` (a ``--users`` replay's swap).
 
@@ -70,6 +71,8 @@ class Rollup(ABC):
     #: Its tables; the first holds the sums by key. Tables after it are derived from the first
     #: in SQL (kept live by ``apply``, rebuilt by ``finish_bulk``).
     tables: ClassVar[tuple[Table, ...]]
+    #: Columns of the first table that combine by maximum; every other non-key column is a sum.
+    greatest: ClassVar[tuple[str, ...]] = ()
 
     # -- live --------------------------------------------------------------------------------
 
@@ -107,6 +110,18 @@ class Rollup(ABC):
     @abstractmethod
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
         """Rows of the first table, in its column order, sorted by key."""
+
+    async def load_staged(self, cur: Any, schema: str, staged: sql.Identifier) -> None:
+        """Add up partial sums staged in ``staged`` (rows shaped like the first table, any
+        number per key) into the first table of ``schema``, which holds none of those keys."""
+        table = self.tables[0]
+        keys = sql.SQL(", ").join(map(sql.Identifier, table.key))
+        combined = sql.SQL(", ").join(
+            sql.SQL("{}({})").format(sql.SQL("max" if c in self.greatest else "sum"),
+                                     sql.Identifier(c))
+            for c in table.columns[len(table.key):])
+        await cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {}, {} FROM {} GROUP BY {}").format(
+            table.at(schema), table.column_list(), keys, combined, staged, keys))
 
     async def finish_bulk(self, cur: Any, schema: str) -> None:  # noqa: B027 (optional hook)
         """After every worker loaded its rows: derive the other tables in SQL (none here)."""

@@ -97,6 +97,7 @@ def record(user: str, d: UserDelta) -> tuple[Any, ...]:
 class UserTotals(Rollup):
     name = "user_totals"
     tables = (TABLE,)
+    greatest = ("last_session_at",)
 
     def change(self, sums: Sums, old: SessionRow | None, new: SessionRow | None) -> None:
         if new is None:
