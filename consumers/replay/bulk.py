@@ -149,7 +149,10 @@ class Worker:
         # ... and as read so far
         self.offsets, self.bytes = dict(mine.next_offsets), dict(mine.bytes)
         self.last_times = dict(mine.last_times)
-        self.state = ShadowState()
+        #: Sessions carried over the last flush (read back from ``replay_carry`` when this
+        #: worker continues a killed run); their events were counted when they came.
+        self.state = checkpoint.load_carry(conn, spec.schema, spec.group) if conn else ShadowState()
+        self.carried = self.state.held()
         self.dead = 0  # poison and unstorable records since the last flush
         self.base = rss.rss()
         self.cap = max(MIN_HELD, int((spec.memory_limit - self.base) * HEADROOM) // EVENT_BYTES)
@@ -202,11 +205,11 @@ class Worker:
             if now - last_report >= PROGRESS_EVERY:
                 self.report()
                 last_report = now
-        self.flush()
+        self.flush(final=True)
         self.report()
 
     def _full(self) -> bool:
-        held = self.state.events
+        held = self.state.events + self.carried
         if held >= self.cap:
             return True
         if held - self.checked < RSS_CHECK_EVERY:
@@ -223,8 +226,13 @@ class Worker:
                                              dict(self.bytes), self.state.events, s.flushes,
                                              s.flushed_bytes)))
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
         """Write every held session and the checkpoint in one transaction; start afresh.
+
+        Open sessions (no start or no end yet) are *carried* into the next round instead
+        (once: a session still open at the next flush is written then), their events recorded
+        in ``replay_carry`` in the same transaction, so that a flush rarely cuts a session in
+        two and the checkpoint still covers every record below its offsets.
 
         Sessions are taken out of the state as they are written, a chunk at a time (two COPYs
         per chunk), so a flush needs little memory beyond what the held events already took.
@@ -234,8 +242,10 @@ class Worker:
         state, spec = self.state, self.spec
         self._calibrate()
         rollups = Rollups()
+        carry = ShadowState() if final else state.take_open()
         with self.conn.transaction(), self.conn.cursor() as cur:
             checkpoint.check_generation(self.conn, spec.schema, spec.generation)
+            checkpoint.replace_carry(cur, spec.schema, spec.group, carry.sessions.values())
             drained = state.drain()
             while True:
                 rows: list[tuple[Any, ...]] = []
@@ -266,7 +276,8 @@ class Worker:
                 saved.dead_letters + state.conflicts + self.dead, saved.flushes + 1,
                 saved.flushed_bytes + flushed)
             checkpoint.save_worker_sync(self.conn, spec.schema, nxt)
-        self.saved, self.state, self.dead, self.checked = nxt, ShadowState(), 0, 0
+        self.saved, self.state, self.dead, self.checked = nxt, carry, 0, 0
+        self.carried = carry.held()
         _trim()
 
     def _calibrate(self) -> None:
@@ -274,7 +285,7 @@ class Worker:
         limit, more (at most a quarter more) when well under it. (Memory freed by a flush is
         not always returned to the system, so only the direction of RSS against the limit is
         trusted, not its size after a flush.)"""
-        held, now = self.state.events, rss.rss()
+        held, now = self.state.events + self.carried, rss.rss()
         allowance = self.spec.memory_limit - self.base
         if held < 1000 or not now or allowance <= 0:
             return

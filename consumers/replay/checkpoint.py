@@ -14,6 +14,8 @@ These tables live next to the shadow tables (never swapped: a swap moves only
   the shadow tables, and running counts; written in the transaction that flushes its sessions.
 - ``replay_staged_<rollup table>``: the rollups' partial sums each flush wrote (COPY: the sums
   are added up once, in SQL, when every worker is done);
+- ``replay_carry``: per worker, the events of the open sessions it carried over its last
+  flush (kept in memory, not yet written): a continued worker starts with them;
 - ``replay_sessions``: one row per session part a flush wrote (the session id and the worker):
   a session with more than one row was cut by a flush or read by two workers; those are folded
   whole at the end (:mod:`.split`).
@@ -21,17 +23,25 @@ These tables live next to the shadow tables (never swapped: a swap moves only
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, Connection, sql
+from psycopg import AsyncConnection, Connection, Cursor, sql
 from psycopg.types.json import Jsonb
 
+from focus_sessions.consumers.replay.memory import HeldSession, ShadowState
 from focus_sessions.projections.readmodels import ROLLUPS, Rollup, Table
+from focus_sessions.projections.readmodels.sessions import (
+    EVENTS,
+    SESSION_EVENT_COLUMNS,
+    event_from_record,
+    event_record,
+)
 
-RUN, WORKERS, SESSIONS = "replay_run", "replay_workers", "replay_sessions"
+RUN, WORKERS, SESSIONS, CARRY = (
+    "replay_run", "replay_workers", "replay_sessions", "replay_carry")
 
 #: Phases, in order. ``bulk``: workers read and flush; ``split``: split sessions are moved
 #: aside; ``indexes``: the stripped indexes are rebuilt; ``refold``: split sessions are folded
@@ -96,6 +106,8 @@ async def create(conn: AsyncConnection[Any], schema: str, run: Run) -> None:
     for rollup in ROLLUPS:
         await conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(
             staged(rollup).at(schema), rollup.tables[0].at(schema)))
+    await conn.execute(sql.SQL("CREATE TABLE {} (grp int2 NOT NULL, seq int4 NOT NULL, LIKE {})")
+                       .format(_t(schema, CARRY), EVENTS.at(schema)))
     await conn.execute(sql.SQL(
         "INSERT INTO {} (topic, users, ends, groups, indexes, phase, generation)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)").format(_t(schema, RUN)),
@@ -191,6 +203,38 @@ def _save_worker(schema: str, c: WorkerCheckpoint) -> tuple[sql.Composed, tuple[
         (c.group, Jsonb(c.next_offsets), Jsonb(c.bytes),
          Jsonb({p: t.isoformat() for p, t in c.last_times.items()}), c.events,
          c.duplicates, c.dead_letters, c.flushes, c.flushed_bytes))
+
+
+#: ``replay_carry``'s COPY layout: the worker, the event's place in its session, its row.
+_CARRIED = ("grp", "seq", *SESSION_EVENT_COLUMNS)
+
+
+def replace_carry(cur: Cursor[Any], schema: str, group: int,
+                  sessions: Iterable[HeldSession]) -> None:
+    """In a flush's transaction: the worker's carried sessions are now these."""
+    cur.execute(sql.SQL("DELETE FROM {} WHERE grp = %s").format(_t(schema, CARRY)), (group,))
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            _t(schema, CARRY), sql.SQL(", ").join(map(sql.Identifier, _CARRIED)))) as copy:
+        copy.set_types(("int2", "int4", *EVENTS.types))
+        for session in sessions:
+            for seq, (event, (p, o)) in enumerate(zip(session.history.events.values(),
+                                                      session.where, strict=True)):
+                copy.write_row((group, seq, *event_record(event, "held", p, o)))
+
+
+def load_carry(conn: Connection[Any], schema: str, group: int) -> ShadowState:
+    """The sessions a worker carried over its last flush, as it held them (a continued run)."""
+    state = ShadowState()
+    rows = conn.execute(sql.SQL("SELECT {} FROM {} WHERE grp = %s ORDER BY session_id, seq")
+                        .format(sql.SQL(", ").join(map(sql.Identifier, SESSION_EVENT_COLUMNS)),
+                                _t(schema, CARRY)), (group,))
+    for record in rows:
+        r = dict(zip(SESSION_EVENT_COLUMNS, record, strict=True))
+        state.add(event_from_record(r), r["kafka_partition"], r["kafka_offset"])
+    for session in state.sessions.values():
+        session.carried = True
+    state.events = state.duplicates = state.conflicts = 0  # counted when they first came
+    return state
 
 
 def _ints(d: Mapping[str, Any]) -> dict[int, int]:

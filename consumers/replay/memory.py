@@ -16,18 +16,21 @@ from typing import Any
 from focus_sessions.projections.fold import EventKey, History, SessionRow, conflict, derive
 from focus_sessions.projections.readmodels import ROLLUPS, Rollup
 from focus_sessions.projections.readmodels.base import Sums
-from focus_sessions.projections.wire import AnyEvent
+from focus_sessions.projections.wire import KINDS, AnyEvent, kind_of
 
 #: ``(event, partition, offset)``: an accepted event and where the log first held it.
 Placed = tuple[AnyEvent, int, int]
 
 
 @dataclass(slots=True)
-class _Session:
+class HeldSession:
     history: History = field(default_factory=History)
     #: Where each event was first seen, ``(partition, offset)``, in the order of
     #: ``history.events`` (events are only ever added, and a dict keeps insertion order).
     where: list[tuple[int, int]] = field(default_factory=list)
+    #: Kept in memory over a flush once already (a bulk worker carries an open session over
+    #: one flush at most).
+    carried: bool = False
 
 
 @dataclass(slots=True)
@@ -70,7 +73,7 @@ class ShadowState:
     """Every session's history so far. ``add`` is the hot path: no copy, no derive."""
 
     def __init__(self) -> None:
-        self.sessions: dict[SessionKey, _Session] = {}
+        self.sessions: dict[SessionKey, HeldSession] = {}
         #: Every user id an accepted event named (whose rollups this state may contribute to).
         self.users: set[str] = set()
         self.events = 0
@@ -86,7 +89,7 @@ class ShadowState:
         sid = event.data.session_id.int
         session = self.sessions.get(sid)
         if session is None:
-            session = self.sessions[sid] = _Session()
+            session = self.sessions[sid] = HeldSession()
         key = event.id.int  # an EventKey, as in projections.fold
         events = session.history.events
         known = events.get(key)
@@ -115,7 +118,23 @@ class ShadowState:
                               in zip(session.history.events.values(), session.where, strict=True))
         return placed
 
-    def drain(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
+    def take_open(self) -> ShadowState:
+        """Remove and return the open sessions — no start or no end yet — that were not carried
+        before (counts stay here: they counted the events when they came)."""
+        kept = ShadowState()
+        for sid, session in list(self.sessions.items()):
+            if session.carried:
+                continue
+            kinds = {KINDS.get(type(e)) or kind_of(e) for e in session.history.events.values()}
+            if "started" not in kinds or "ended" not in kinds:
+                session.carried = True
+                kept.sessions[sid] = self.sessions.pop(sid)
+        return kept
+
+    def held(self) -> int:
+        return sum(len(s.where) for s in self.sessions.values())
+
+    def drain(self) -> Iterator[tuple[HeldSession, SessionRow | None, dict[EventKey, Any]]]:
         """Every session derived, each removed from the state as it is yielded (its memory is
         free for what the caller builds from it)."""
         sessions = self.sessions
@@ -124,7 +143,7 @@ class ShadowState:
             derived = derive(session.history)
             yield session, derived.row, derived.status
 
-    def derive_all(self) -> Iterator[tuple[_Session, SessionRow | None, dict[EventKey, Any]]]:
+    def derive_all(self) -> Iterator[tuple[HeldSession, SessionRow | None, dict[EventKey, Any]]]:
         for session in self.sessions.values():
             derived = derive(session.history)
             yield session, derived.row, derived.status

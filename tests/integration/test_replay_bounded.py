@@ -186,6 +186,8 @@ async def test_a_replay_killed_in_every_phase_continues_and_equals_the_live_tabl
     proc = start(1)
     kill_when(proc, lambda: run_state(url)[1] >= 3)
     kills.append(run_state(url))
+    with psycopg.connect(url) as conn:  # open sessions carried over a flush: read back next
+        assert conn.execute("SELECT count(*) FROM focus_shadow.replay_carry").fetchone()[0] > 0
     # 2. bulk phase again, a few flushes further: the continued run flushes on from there
     proc = start(2)
     before = run_state(url)[1]

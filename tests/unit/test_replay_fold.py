@@ -187,3 +187,21 @@ def test_an_event_record_holds_what_rebuilds_the_event_for_either_decoder():
             assert (columns["status"], columns["kafka_partition"], columns["kafka_offset"]) == (
                 "applied", 3, 7)
             assert event_from_record(columns) == expected
+
+
+def test_a_flush_carries_open_sessions_once_and_writes_ended_ones():
+    state = ShadowState()
+    done = ev.started("ada", T0)
+    state.add(done, 0, 0)
+    state.add(ev.ended("ada", done.data.session_id, T0 + timedelta(minutes=25)), 0, 1)
+    running = ev.started("ada", T0 + timedelta(hours=1))
+    state.add(running, 0, 2)
+    held = ev.ended("bob", uuid4(), T0)  # an end whose start has not come: open too
+    state.add(held, 1, 0)
+    carried = state.take_open()
+    assert set(carried.sessions) == {running.data.session_id.int, held.data.session_id.int}
+    assert list(state.sessions) == [done.data.session_id.int]
+    assert carried.held() == 2 and state.held() == 2
+    assert carried.events == 0  # counted where they came
+    # still open at the next flush: written then, not carried twice
+    assert carried.take_open().sessions == {}
