@@ -43,11 +43,11 @@ from focus_sessions.projections.readmodels.sessions import (
 RUN, WORKERS, SESSIONS, CARRY = (
     "replay_run", "replay_workers", "replay_sessions", "replay_carry")
 
-#: Phases, in order. ``bulk``: workers read and flush; ``split``: split sessions are moved
-#: aside; ``indexes``: the stripped indexes are rebuilt; ``refold``: split sessions are folded
-#: whole and the positions set; ``loaded``: the bulk phase is over (catch-up, diff, swap follow,
-#: each resumable on its own).
-PHASES = ("bulk", "split", "indexes", "refold", "loaded")
+#: Phases, in order. ``bulk``: workers read and flush; ``tables``: the rollups' staged sums
+#: are added up, split sessions moved aside, the stripped indexes rebuilt (each step
+#: idempotent); ``refold``: split sessions are folded whole and the positions set; ``loaded``:
+#: the bulk phase is over (catch-up, diff, swap follow, each resumable on its own).
+PHASES = ("bulk", "tables", "refold", "loaded")
 
 
 class Superseded(RuntimeError):

@@ -32,8 +32,8 @@ from focus_sessions.consumers.replay.compare import ReplayDiff, diff
 from focus_sessions.consumers.replay.follow import Follower, ReplayOptions, ReplayProgress, Silent
 from focus_sessions.consumers.replay.pool import Pool, deal, warm_up
 from focus_sessions.projections import notify
-from focus_sessions.projections.readmodels import POSITIONS, TABLES
-from focus_sessions.projections.readmodels.sessions import EVENTS
+from focus_sessions.projections.readmodels import POSITIONS, ROLLUPS, TABLES, Rollup
+from focus_sessions.projections.readmodels.sessions import EVENTS, SESSIONS
 
 #: Advisory lock class held for a replay's whole run (with the shadow schema's name hash).
 REPLAY_LOCK = 0x5265706C  # "Repl"
@@ -79,8 +79,8 @@ class ReplayReport:
     split_sessions: int = 0
     #: This run continued an interrupted one (from its checkpoints) instead of starting over.
     resumed: bool = False
-    #: Seconds of this run's bulk steps: ``read`` (workers reading and flushing), ``split``,
-    #: ``indexes``, ``refold``.
+    #: Seconds of this run's bulk steps: ``read`` (workers reading and flushing), ``tables``
+    #: (sums added up, split sessions set aside, indexes built), ``refold``.
     steps: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -178,19 +178,12 @@ class Replayer:
 
         if run.phase == "bulk":
             await self._read(run)
-            run.phase = await self._advance("split")
+            run.phase = await self._advance("tables")
             took("read")
-        if run.phase == "split":
-            async with await self._connect() as conn, conn.transaction():
-                await split.set_aside(conn, o.shadow)
-                await checkpoint.set_phase(conn, o.shadow, "indexes")
-            run.phase = "indexes"
-            took("split")
-        if run.phase == "indexes":
-            await asyncio.gather(*(self._restore(statements)
-                                   for statements in run.indexes.values()))
+        if run.phase == "tables":
+            await self._finish_tables(run)
             run.phase = await self._advance("refold")
-            took("indexes")
+            took("tables")
         async with await self._connect() as conn:
             after = await checkpoint.workers(conn, o.shadow)
         if run.phase == "refold":
@@ -253,6 +246,25 @@ class Replayer:
                           frozenset(s for s in skip if s[0] in parts))
                  for g, parts in enumerate(run.groups)]
         await self.pool.run(specs, self._advanced)
+
+    async def _finish_tables(self, run: checkpoint.Run) -> None:
+        """Every loaded table made whole, at once on several connections: each rollup's staged
+        sums added up, then its indexes built; split sessions set aside, then the sessions'
+        tables' indexes built. Each step is idempotent (a continued run redoes what is left)."""
+        o = self.options
+
+        async def rollup(r: Rollup) -> None:
+            async with await self._connect() as conn:
+                await split.load_staged(conn, o.shadow, r)
+            await self._restore(run.indexes.get(r.tables[0].name, []))
+
+        async def sessions() -> None:
+            async with await self._connect() as conn:
+                await split.set_aside(conn, o.shadow)
+            await asyncio.gather(*(self._restore(run.indexes.get(t, []))
+                                   for t in (EVENTS.name, SESSIONS.name)))
+
+        await asyncio.gather(sessions(), *(rollup(r) for r in ROLLUPS))
 
     def _advanced(self, progress: Progress) -> None:
         self.progress.bulk_advanced(progress.offsets)

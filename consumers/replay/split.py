@@ -7,11 +7,11 @@ sit on partitions of two workers (events naming different users, or partitions a
 In a log whose sessions' events come close together they are few: the sessions open at each
 flush.
 
-1. :func:`set_aside` (one transaction) adds up the rollups' staged partial sums, and moves the
-   split sessions' events and rows out of the shadow tables into ``replay_split_events`` /
-   ``replay_split_rows``: the tables' keys can then be rebuilt (parts may hold the same event
-   twice, or two rows of one session);
-2. the indexes are rebuilt (:mod:`.replayer`);
+1. :func:`set_aside` (one transaction) moves the split sessions' events and rows out of the
+   shadow tables into ``replay_split_events`` / ``replay_split_rows``: the tables' keys can then
+   be rebuilt (parts may hold the same event twice, or two rows of one session); meanwhile
+   :func:`load_staged` adds up each rollup's staged partial sums (one transaction each);
+2. the indexes are rebuilt, each table's as soon as it is loaded (:mod:`.replayer`);
 3. :func:`refold` (one transaction) derives the rollups' other tables (``finish_bulk``), folds
    each such session from all its events — in log order
    within a partition, partitions in order — with the projector's ``derive``, writes its events
@@ -35,7 +35,7 @@ from psycopg import AsyncConnection, sql
 from focus_sessions.consumers.replay import checkpoint, shadow_sql
 from focus_sessions.consumers.replay.memory import ShadowState, build
 from focus_sessions.projections.fold import SessionRow
-from focus_sessions.projections.readmodels import ROLLUPS
+from focus_sessions.projections.readmodels import ROLLUPS, Rollup
 from focus_sessions.projections.readmodels.base import Sums
 from focus_sessions.projections.readmodels.sessions import (
     EVENTS,
@@ -64,33 +64,45 @@ def _t(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
+async def load_staged(conn: AsyncConnection[Any], schema: str, rollup: Rollup) -> None:
+    """Add up a rollup's staged sums into its table, in one transaction that drops the staged
+    table: done once, skipped when continued after it."""
+    table = checkpoint.staged(rollup)
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("SELECT to_regclass(%s)", (table.at(schema).as_string(conn),))
+        if (await cur.fetchone() or [None])[0] is None:
+            return
+        await rollup.load_staged(cur, schema, table.at(schema))
+        await cur.execute(sql.SQL("DROP TABLE {}").format(table.at(schema)))
+
+
 async def set_aside(conn: AsyncConnection[Any], schema: str) -> int:
-    """Add up the rollups' staged sums; move every split session's events and rows aside
-    (caller's transaction); return how many sessions were split."""
-    async with conn.cursor() as cur:
-        for rollup in ROLLUPS:
-            table = checkpoint.staged(rollup)
-            await rollup.load_staged(cur, schema, table.at(schema))
-            await cur.execute(sql.SQL("DROP TABLE {}").format(table.at(schema)))
-    await conn.execute(sql.SQL(
-        "CREATE TABLE {split} AS SELECT session_id FROM {parts}"
-        " GROUP BY session_id HAVING count(*) > 1;"
-        "CREATE TABLE {events} (LIKE {live_events});"
-        "CREATE TABLE {rows} (LIKE {live_rows})"
-    ).format(split=_t(schema, SPLIT), parts=_t(schema, checkpoint.SESSIONS),
-             events=_t(schema, SPLIT_EVENTS), live_events=EVENTS.at(schema),
-             rows=_t(schema, SPLIT_ROWS), live_rows=SESSIONS.at(schema)))
-    cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_t(schema, SPLIT)))
-    split = int((await cur.fetchone() or [0])[0])
-    if split:
-        for target, table in ((SPLIT_EVENTS, EVENTS), (SPLIT_ROWS, SESSIONS)):
+    """Move every split session's events and rows aside, in one transaction (skipped when
+    continued after it); return how many sessions were split."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT to_regclass(%s)",
+                                 (_t(schema, SPLIT).as_string(conn),))
+        if (await cur.fetchone() or [None])[0] is None:
             await conn.execute(sql.SQL(
-                "WITH gone AS (DELETE FROM {table} t USING {split} x"
-                " WHERE t.session_id = x.session_id RETURNING t.*)"
-                " INSERT INTO {target} SELECT * FROM gone"
-            ).format(table=table.at(schema), split=_t(schema, SPLIT),
-                     target=_t(schema, target)))
-    return split
+                "CREATE TABLE {split} AS SELECT session_id FROM {parts}"
+                " GROUP BY session_id HAVING count(*) > 1;"
+                "CREATE TABLE {events} (LIKE {live_events});"
+                "CREATE TABLE {rows} (LIKE {live_rows})"
+            ).format(split=_t(schema, SPLIT), parts=_t(schema, checkpoint.SESSIONS),
+                     events=_t(schema, SPLIT_EVENTS), live_events=EVENTS.at(schema),
+                     rows=_t(schema, SPLIT_ROWS), live_rows=SESSIONS.at(schema)))
+            cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                _t(schema, SPLIT)))
+            if (await cur.fetchone() or [0])[0]:
+                for target, table in ((SPLIT_EVENTS, EVENTS), (SPLIT_ROWS, SESSIONS)):
+                    await conn.execute(sql.SQL(
+                        "WITH gone AS (DELETE FROM {table} t USING {split} x"
+                        " WHERE t.session_id = x.session_id RETURNING t.*)"
+                        " INSERT INTO {target} SELECT * FROM gone"
+                    ).format(table=table.at(schema), split=_t(schema, SPLIT),
+                             target=_t(schema, target)))
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_t(schema, SPLIT)))
+        return int((await cur.fetchone() or [0])[0])
 
 
 async def refold(

@@ -225,12 +225,12 @@ async def test_a_replay_killed_while_folding_split_sessions_or_building_indexes_
     for n in range(12):  # the phases after the bulk one take milliseconds: kill on sight
         proc = ReplayProcess(kafka_bootstrap, url, topic, tmp_path / f"run{n}.log",
                              "--memory", "1")
-        kill_when(proc, lambda p=proc: run_state(url)[0] in ("split", "indexes", "refold")
+        kill_when(proc, lambda p=proc: run_state(url)[0] in ("tables", "refold")
                   or "catching up" in p.output())
         seen.append(run_state(url)[0])
-        if any(p in ("split", "indexes", "refold") for p in seen):
+        if any(p in ("tables", "refold") for p in seen):
             break
-    assert any(p in ("split", "indexes", "refold") for p in seen), seen
+    assert any(p in ("tables", "refold") for p in seen), seen
     proc = ReplayProcess(kafka_bootstrap, url, topic, tmp_path / "last.log", "--memory", "1")
     assert proc.wait() == 0, proc.output()
     assert snapshot_diff(snapshot(url), live) == {}
