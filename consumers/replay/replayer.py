@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -251,17 +251,22 @@ class Replayer:
         """Every loaded table made whole, at once on several connections: each rollup's staged
         sums added up, then its indexes built; split sessions set aside, then the sessions'
         tables' indexes built. Each step is idempotent (a continued run redoes what is left)."""
-        o = self.options
+        o, steps = self.options, self.report.steps
+
+        async def timed(name: str, work: Awaitable[object]) -> None:
+            began = time.perf_counter()
+            await work
+            steps[name] = time.perf_counter() - began
 
         async def rollup(r: Rollup) -> None:
             async with await self._connect() as conn:
-                await split.load_staged(conn, o.shadow, r)
-            await self._restore(run.indexes.get(r.tables[0].name, []))
+                await timed(f"sum {r.name}", split.load_staged(conn, o.shadow, r))
+            await timed(f"index {r.name}", self._restore(run.indexes.get(r.tables[0].name, [])))
 
         async def sessions() -> None:
             async with await self._connect() as conn:
-                await split.set_aside(conn, o.shadow)
-            await asyncio.gather(*(self._restore(run.indexes.get(t, []))
+                await timed("set aside", split.set_aside(conn, o.shadow))
+            await asyncio.gather(*(timed(f"index {t}", self._restore(run.indexes.get(t, [])))
                                    for t in (EVENTS.name, SESSIONS.name)))
 
         await asyncio.gather(sessions(), *(rollup(r) for r in ROLLUPS))
