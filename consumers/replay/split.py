@@ -72,10 +72,6 @@ async def load_staged(conn: AsyncConnection[Any], schema: str, rollup: Rollup) -
         await cur.execute("SELECT to_regclass(%s)", (table.at(schema).as_string(conn),))
         if (await cur.fetchone() or [None])[0] is None:
             return
-        # one group per key: with the default 4 MB the hash aggregate spills to disk (a fifth
-        # of the replay's end at 5,000,000 events); this is PostgreSQL's memory, not the
-        # replay processes'
-        await cur.execute("SET LOCAL work_mem = '256MB'")
         await rollup.load_staged(cur, schema, table.at(schema))
         await cur.execute(sql.SQL("DROP TABLE {}").format(table.at(schema)))
 
