@@ -37,10 +37,26 @@ class _Rate(ProgressColumn):
         return Text(f"{task.speed:,.0f} ev/s" if task.speed else "", style="progress.data.speed")
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"
+
+
+class _Count(MofNCompleteColumn):
+    """Events done of the total; nothing on the memory line (which has no total)."""
+
+    def render(self, task: Task) -> Text:
+        return super().render(task) if task.total is not None else Text("")
+
+
 class _Bytes(ProgressColumn):
     def render(self, task: Task) -> Text:
-        done = task.fields.get("bytes", 0)
-        return Text(f"{done / (1 << 20):,.0f} MiB", style="progress.filesize")
+        if "bytes" not in task.fields:
+            return Text("")
+        return Text(_size(task.fields["bytes"]), style="progress.filesize")
 
 
 class RichProgress:
@@ -49,7 +65,7 @@ class RichProgress:
     the workers flushed early."""
 
     def __init__(self) -> None:
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), _Count(),
                              _Bytes(), _Rate(), TimeRemainingColumn(), console=console,
                              transient=False)
         self.total: TaskID | None = None
@@ -75,7 +91,7 @@ class RichProgress:
         for p, end in sorted(ends.items()):
             self.parts[p] = self.bars.add_task(f"  partition {p}", total=end,
                                                completed=start.get(p, 0), bytes=sizes.get(p, 0))
-        self.memory = self.bars.add_task("memory", total=None)
+        self.memory = self.bars.add_task("memory: workers starting", total=None, visible=True)
 
     def bulk_status(self, progress: BulkProgress, memory: int, peak: int) -> None:
         """Bytes per partition, and the memory line."""
@@ -85,9 +101,9 @@ class RichProgress:
             self.bars.update(self.total, bytes=sum(progress.bytes.values()))
         if self.memory is not None:
             self.bars.update(self.memory, description=(
-                f"memory {memory / (1 << 20):,.0f} MiB (peak {peak / (1 << 20):,.0f} MiB), "
-                f"{progress.held:,} events held, {progress.flushes:,} flushes, "
-                f"{progress.flushed_bytes / (1 << 20):,.0f} MiB flushed early"))
+                f"memory {_size(memory)} (peak {_size(peak)}), {progress.held:,} events held, "
+                f"{progress.flushes:,} flushes, {_size(progress.flushed_bytes)} of the log "
+                "flushed before its end"))
 
     def bulk_advanced(self, offsets: Mapping[int, int]) -> None:
         for p, offset in offsets.items():

@@ -155,6 +155,13 @@ class Replayer:
                     f"schema {o.shadow!r} holds an interrupted replay that these options cannot "
                     f"continue ({why}): run its command again to continue it, or pass "
                     "--restart to start over")
+            now = await self.follow.log_ends()  # also what catch-up reads from
+            shorter = {p: (end, now.get(p, 0)) for p, end in run.ends.items()
+                       if now.get(p, 0) < end}
+            if shorter:
+                raise ReplayError(
+                    f"{o.topic} is shorter than when this replay began (partition: (then, now) "
+                    f"{shorter}): was it recreated? Pass --restart to replay it from zero")
             async with await self._connect() as conn:
                 run.generation = await checkpoint.take_over(conn, o.shadow)
             self.report.resumed = True

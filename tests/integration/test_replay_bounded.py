@@ -4,6 +4,7 @@ measured on the replay's processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -26,6 +27,7 @@ from focus_sessions.producers import events as ev
 from tests.integration.test_replay import caught_up, describe, replayer
 from tests.support.projection import (
     publish,
+    reference_snapshot,
     running_projector,
     settings_for,
     snapshot,
@@ -213,6 +215,32 @@ async def test_a_replay_killed_in_every_phase_continues_and_equals_the_live_tabl
     assert records_read(out) == 0  # the bulk phase was done: nothing read again
     assert snapshot_diff(snapshot(url), live) == {}
     assert run_state(url) == (None, 0)  # the shadow and its checkpoints are gone
+
+
+async def test_a_replay_continued_while_the_live_projector_moves_on_catches_up_and_swaps(
+    kafka_bootstrap, fresh_database, fresh_topics, tmp_db_factory, tmp_path
+):
+    """Killed in its bulk phase; meanwhile more events come and the live projector projects
+    them; the continued replay catches up past its original end offsets and swaps, and the
+    projector goes on: the tables equal a fresh projector's of the same log."""
+    topic, url = fresh_topics.events, fresh_database
+    first = hostile_log(3000, users=30, seed=21)
+    more = list(stream(800, users=30, seed=22))
+    s = settings_for(kafka_bootstrap, url, fresh_topics)
+    async with running_projector(s):
+        sent = await publish(kafka_bootstrap, topic, first)
+        await caught_up(kafka_bootstrap, url, topic)
+        proc = ReplayProcess(kafka_bootstrap, url, topic, tmp_path / "run1.log", "--memory", "1")
+        await asyncio.to_thread(kill_when, proc, lambda: run_state(url)[1] >= 3)
+        sent += await publish(kafka_bootstrap, topic, more)
+        await caught_up(kafka_bootstrap, url, topic)
+        proc = ReplayProcess(kafka_bootstrap, url, topic, tmp_path / "run2.log", "--memory", "1")
+        assert await asyncio.to_thread(proc.wait) == 0, proc.output()
+        assert "continued from its checkpoints" in proc.output()
+        sent += await publish(kafka_bootstrap, topic, stream(200, users=30, seed=23))
+        await caught_up(kafka_bootstrap, url, topic)
+    expected = await reference_snapshot(kafka_bootstrap, fresh_topics, sent, tmp_db_factory)
+    assert snapshot_diff(snapshot(url), expected) == {}
 
 
 async def test_a_replay_killed_while_folding_split_sessions_or_building_indexes_continues(
