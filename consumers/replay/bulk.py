@@ -236,9 +236,8 @@ class Worker:
 
         Sessions are taken out of the state as they are written, a chunk at a time (two COPYs
         per chunk), so a flush needs little memory beyond what the held events already took.
-        The rollups' sums are COPYed too, a row per key and flush; keys that several flushes
-        wrote are added up once at the end
-        (:func:`focus_sessions.projections.readmodels.base.Rollup.merge_parts`).
+        The rollups' sums are staged by COPY too, and added up once at the end
+        (:func:`focus_sessions.projections.readmodels.base.Rollup.load_staged`).
         """
         state, spec = self.state, self.spec
         self._calibrate()
@@ -268,7 +267,7 @@ class Worker:
                 copy_rows(cur, spec.schema, SESSIONS, rows)
                 copy_rows(cur, spec.schema, PARTS, parts)
             for rollup in ROLLUPS:
-                copy_rows(cur, spec.schema, rollup.tables[0], rollups.records(rollup))
+                copy_rows(cur, spec.schema, checkpoint.staged(rollup), rollups.records(rollup))
             saved = self.saved
             flushed = sum(self.bytes.values()) - sum(saved.bytes.values())
             nxt = checkpoint.WorkerCheckpoint(

@@ -12,6 +12,8 @@ These tables live next to the shadow tables (never swapped: a swap moves only
   or fails after (the new run's ``UPDATE`` waits for the share lock).
 - ``replay_workers``: per worker, the offset up to which every record of its partitions is in
   the shadow tables, and running counts; written in the transaction that flushes its sessions.
+- ``replay_staged_<rollup table>``: the rollups' partial sums each flush wrote (COPY: the sums
+  are added up once, in SQL, when every worker is done);
 - ``replay_carry``: per worker, the events of the open sessions it carried over its last
   flush (kept in memory, not yet written): a continued worker starts with them;
 - ``replay_sessions``: one row per session part a flush wrote (the session id and the worker):
@@ -22,7 +24,7 @@ These tables live next to the shadow tables (never swapped: a swap moves only
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +32,7 @@ from psycopg import AsyncConnection, Connection, Cursor, sql
 from psycopg.types.json import Jsonb
 
 from focus_sessions.consumers.replay.memory import HeldSession, ShadowState
+from focus_sessions.projections.readmodels import ROLLUPS, Rollup, Table
 from focus_sessions.projections.readmodels.sessions import (
     EVENTS,
     SESSION_EVENT_COLUMNS,
@@ -40,8 +43,8 @@ from focus_sessions.projections.readmodels.sessions import (
 RUN, WORKERS, SESSIONS, CARRY = (
     "replay_run", "replay_workers", "replay_sessions", "replay_carry")
 
-#: Phases, in order. ``bulk``: workers read and flush; ``tables``: rollup keys several flushes
-#: wrote are added up, split sessions moved aside, the stripped indexes rebuilt (each step
+#: Phases, in order. ``bulk``: workers read and flush; ``tables``: the rollups' staged sums
+#: are added up, split sessions moved aside, the stripped indexes rebuilt (each step
 #: idempotent); ``refold``: split sessions are folded whole and the positions set; ``loaded``:
 #: the bulk phase is over (catch-up, diff, swap follow, each resumable on its own).
 PHASES = ("bulk", "tables", "refold", "loaded")
@@ -82,6 +85,10 @@ def _t(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
+def staged(rollup: Rollup) -> Table:
+    """Where flushes stage a rollup's partial sums (its first table's shape, no key)."""
+    return replace(rollup.tables[0], name=f"replay_staged_{rollup.tables[0].name}")
+
 
 async def create(conn: AsyncConnection[Any], schema: str, run: Run) -> None:
     """The checkpoint tables of a new replay, with its run row and a zero row per worker."""
@@ -96,6 +103,9 @@ async def create(conn: AsyncConnection[Any], schema: str, run: Run) -> None:
         " flushed_bytes bigint NOT NULL);"
         "CREATE TABLE {sessions} (session_id uuid NOT NULL, grp int2 NOT NULL)"
     ).format(run=_t(schema, RUN), workers=_t(schema, WORKERS), sessions=_t(schema, SESSIONS)))
+    for rollup in ROLLUPS:
+        await conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(
+            staged(rollup).at(schema), rollup.tables[0].at(schema)))
     await conn.execute(sql.SQL("CREATE TABLE {} (grp int2 NOT NULL, seq int4 NOT NULL, LIKE {})")
                        .format(_t(schema, CARRY), EVENTS.at(schema)))
     await conn.execute(sql.SQL(

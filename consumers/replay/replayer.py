@@ -255,10 +255,9 @@ class Replayer:
         await self.pool.run(specs, self._advanced)
 
     async def _finish_tables(self, run: checkpoint.Run) -> None:
-        """Every loaded table made whole, at once on several connections: each rollup's keys
-        loaded by several flushes added up, then its indexes built; split sessions set aside,
-        then the sessions' tables' indexes built. Each step is idempotent (a continued run
-        redoes what is left)."""
+        """Every loaded table made whole, at once on several connections: each rollup's staged
+        sums added up, then its indexes built; split sessions set aside, then the sessions'
+        tables' indexes built. Each step is idempotent (a continued run redoes what is left)."""
         o, steps = self.options, self.report.steps
 
         async def timed(name: str, work: Awaitable[object]) -> None:
@@ -268,7 +267,7 @@ class Replayer:
 
         async def rollup(r: Rollup) -> None:
             async with await self._connect() as conn:
-                await timed(f"sum {r.name}", split.merge_parts(conn, o.shadow, r))
+                await timed(f"sum {r.name}", split.load_staged(conn, o.shadow, r))
             await timed(f"index {r.name}", self._restore(run.indexes.get(r.tables[0].name, [])))
 
         async def sessions() -> None:

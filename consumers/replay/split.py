@@ -10,7 +10,7 @@ flush.
 1. :func:`set_aside` (one transaction) moves the split sessions' events and rows out of the
    shadow tables into ``replay_split_events`` / ``replay_split_rows``: the tables' keys can then
    be rebuilt (parts may hold the same event twice, or two rows of one session); meanwhile
-   :func:`merge_parts` adds up each rollup's keys that flushes loaded more than once;
+   :func:`load_staged` adds up each rollup's staged partial sums (one transaction each);
 2. the indexes are rebuilt, each table's as soon as it is loaded (:mod:`.replayer`);
 3. :func:`refold` (one transaction) derives the rollups' other tables (``finish_bulk``), folds
    each such session from all its events — in log order
@@ -64,11 +64,16 @@ def _t(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
-async def merge_parts(conn: AsyncConnection[Any], schema: str, rollup: Rollup) -> int:
-    """Add up a rollup's keys that flushes loaded more than once (one transaction; once that
-    is done there are none, so a continued run's repeat is a scan)."""
+async def load_staged(conn: AsyncConnection[Any], schema: str, rollup: Rollup) -> None:
+    """Add up a rollup's staged sums into its table, in one transaction that drops the staged
+    table: done once, skipped when continued after it."""
+    table = checkpoint.staged(rollup)
     async with conn.transaction(), conn.cursor() as cur:
-        return await rollup.merge_parts(cur, schema)
+        await cur.execute("SELECT to_regclass(%s)", (table.at(schema).as_string(conn),))
+        if (await cur.fetchone() or [None])[0] is None:
+            return
+        await rollup.load_staged(cur, schema, table.at(schema))
+        await cur.execute(sql.SQL("DROP TABLE {}").format(table.at(schema)))
 
 
 async def set_aside(conn: AsyncConnection[Any], schema: str) -> int:

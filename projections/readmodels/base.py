@@ -12,8 +12,8 @@ the diff and ``focus verify`` need of it:
 - ``change`` (live: the pure delta of one row's change, accumulated over a batch) and ``apply``
   (its SQL: add a batch's deltas to the stored rows, inside the batch's transaction);
 - ``add``/``merge``/``take_users``/``records`` (replay: sums built in memory by the bulk workers,
-  loaded by binary COPY, a row per key and flush), ``merge_parts`` (keys loaded more than once
-  added up in SQL) and ``finish_bulk`` for what is derived in SQL after the load;
+  staged by binary COPY), ``load_staged`` (the staged partial sums added up in SQL into the
+  first table) and ``finish_bulk`` for what is derived in SQL after the load;
 - ``expected`` (verify: the tables recomputed from every session row, to compare with what is
   stored), and ``swap_users`` (a ``--users`` replay's swap).
 
@@ -111,32 +111,17 @@ class Rollup(ABC):
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
         """Rows of the first table, in its column order, sorted by key."""
 
-    async def merge_parts(self, cur: Any, schema: str) -> int:
-        """A replay loads each flush's partial sums straight into the first table of
-        ``schema`` (its key stripped): add up the keys that got more than one row, in place;
-        return how many keys that was."""
+    async def load_staged(self, cur: Any, schema: str, staged: sql.Identifier) -> None:
+        """Add up partial sums staged in ``staged`` (rows shaped like the first table, any
+        number per key) into the first table of ``schema``, which holds none of those keys."""
         table = self.tables[0]
         keys = sql.SQL(", ").join(map(sql.Identifier, table.key))
         combined = sql.SQL(", ").join(
             sql.SQL("{}({})").format(sql.SQL("max" if c in self.greatest else "sum"),
                                      sql.Identifier(c))
             for c in table.columns[len(table.key):])
-        await cur.execute(sql.SQL(
-            "CREATE TEMP TABLE replay_parts ON COMMIT DROP AS"
-            " SELECT {keys} FROM {table} GROUP BY {keys} HAVING count(*) > 1"
-        ).format(keys=keys, table=table.at(schema)))
-        parted = max(cur.rowcount, 0)
-        if parted:
-            same = sql.SQL(" AND ").join(sql.SQL("t.{c} = p.{c}").format(c=sql.Identifier(c))
-                                         for c in table.key)
-            await cur.execute(sql.SQL(
-                "WITH gone AS (DELETE FROM {table} t USING replay_parts p WHERE {same}"
-                " RETURNING t.*) INSERT INTO {table} ({cols})"
-                " SELECT {keys}, {combined} FROM gone GROUP BY {keys}"
-            ).format(table=table.at(schema), same=same, cols=table.column_list(), keys=keys,
-                     combined=combined))
-        await cur.execute("DROP TABLE replay_parts")
-        return parted
+        await cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {}, {} FROM {} GROUP BY {}").format(
+            table.at(schema), table.column_list(), keys, combined, staged, keys))
 
     async def finish_bulk(self, cur: Any, schema: str) -> None:  # noqa: B027 (optional hook)
         """After every worker loaded its rows: derive the other tables in SQL (none here)."""
