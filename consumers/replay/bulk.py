@@ -135,14 +135,16 @@ async def _work(spec: BulkSpec, pipe: Connection) -> None:
             consumer.assign(tps)
             for tp in tps:
                 consumer.seek(tp, mine.next_offsets.get(tp.partition, 0))
-            await Worker(spec, conn, mine, pipe).consume(consumer, todo)
+            carried = checkpoint.load_carry(conn, spec.schema, spec.group)
+            await Worker(spec, conn, mine, carried, pipe).consume(consumer, todo)
         finally:
             await consumer.stop()
 
 
 class Worker:
     def __init__(self, spec: BulkSpec, conn: psycopg.Connection[Any],
-                 mine: checkpoint.WorkerCheckpoint, pipe: Connection) -> None:
+                 mine: checkpoint.WorkerCheckpoint, carried: ShadowState,
+                 pipe: Connection) -> None:
         self.spec, self.conn, self.pipe = spec, conn, pipe
         #: Counts and offsets as of the last flush (what the checkpoint table holds) ...
         self.saved = mine
@@ -151,7 +153,7 @@ class Worker:
         self.last_times = dict(mine.last_times)
         #: Sessions carried over the last flush (read back from ``replay_carry`` when this
         #: worker continues a killed run); their events were counted when they came.
-        self.state = checkpoint.load_carry(conn, spec.schema, spec.group) if conn else ShadowState()
+        self.state = carried
         self.carried = self.state.held()
         self.dead = 0  # poison and unstorable records since the last flush
         self.base = rss.rss()

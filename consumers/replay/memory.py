@@ -9,7 +9,7 @@ per-session contributions (every rollup of :mod:`focus_sessions.projections.read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,6 @@ from focus_sessions.projections.fold import EventKey, History, SessionRow, confl
 from focus_sessions.projections.readmodels import ROLLUPS, Rollup
 from focus_sessions.projections.readmodels.base import Sums
 from focus_sessions.projections.wire import KINDS, AnyEvent, kind_of
-
-#: ``(event, partition, offset)``: an accepted event and where the log first held it.
-Placed = tuple[AnyEvent, int, int]
 
 
 @dataclass(slots=True)
@@ -45,13 +42,6 @@ class Rollups:
         for rollup in ROLLUPS:
             rollup.add(sums[rollup.name], row)
 
-    def take_users(self, users: Iterable[str]) -> Rollups:
-        """Remove and return the sums of ``users`` (absent users are skipped)."""
-        wanted = set(users)
-        if not wanted:
-            return Rollups()
-        return Rollups({r.name: r.take_users(self.sums[r.name], wanted) for r in ROLLUPS})
-
     def merge(self, other: Rollups) -> None:
         for rollup in ROLLUPS:
             rollup.merge(self.sums[rollup.name], other.sums[rollup.name])
@@ -59,9 +49,6 @@ class Rollups:
     def records(self, rollup: Rollup) -> Iterator[tuple[Any, ...]]:
         """Rows of the rollup's first table, in its column order."""
         return rollup.records(self.sums[rollup.name])
-
-    def __bool__(self) -> bool:
-        return any(self.sums.values())
 
 
 #: A session, by its id's 128-bit integer (``UUID.int``): ``UUID.__hash__`` is Python code,
@@ -74,8 +61,6 @@ class ShadowState:
 
     def __init__(self) -> None:
         self.sessions: dict[SessionKey, HeldSession] = {}
-        #: Every user id an accepted event named (whose rollups this state may contribute to).
-        self.users: set[str] = set()
         self.events = 0
         self.duplicates = 0
         #: Events refused because their id already named another fact of their session (the
@@ -101,22 +86,8 @@ class ShadowState:
             return False
         events[key] = event
         session.where.append((partition, offset))
-        self.users.add(event.data.user_id)
         self.events += 1
         return True
-
-    def session_ids(self) -> list[SessionKey]:
-        return list(self.sessions)
-
-    def take(self, session_ids: Iterable[SessionKey]) -> list[Placed]:
-        """Remove the given sessions and return their events (to be folded elsewhere)."""
-        placed: list[Placed] = []
-        for sid in session_ids:
-            session = self.sessions.pop(sid, None)
-            if session is not None:
-                placed.extend((e, p, o) for e, (p, o)
-                              in zip(session.history.events.values(), session.where, strict=True))
-        return placed
 
     def take_open(self) -> ShadowState:
         """Remove and return the open sessions — no start or no end yet — that were not carried
@@ -179,11 +150,3 @@ def build(
             sessions.append(session_record(row))
             rollups.add_row(row)
     return out
-
-
-def state_of(placed: Iterable[Placed]) -> ShadowState:
-    """A fresh state holding ``placed`` (for sessions that spanned several workers)."""
-    state = ShadowState()
-    for event, partition, offset in placed:
-        state.add(event, partition, offset)
-    return state

@@ -1,4 +1,4 @@
-"""Run the bulk phase's worker processes and merge what they return.
+"""Run the bulk phase's worker processes and relay their progress.
 
 Partitions are dealt to ``workers`` processes. They come from a fork server where the platform
 has one (Linux, macOS): a clean process, started by :func:`warm_up` while the replay still sets

@@ -11,7 +11,7 @@ the diff and ``focus verify`` need of it:
 
 - ``change`` (live: the pure delta of one row's change, accumulated over a batch) and ``apply``
   (its SQL: add a batch's deltas to the stored rows, inside the batch's transaction);
-- ``add``/``merge``/``take_users``/``records`` (replay: sums built in memory by the bulk workers,
+- ``add``/``merge``/``records`` (replay: sums built in memory by the bulk workers,
   staged by binary COPY), ``load_staged`` (the staged partial sums added up in SQL into the
   first table) and ``finish_bulk`` for what is derived in SQL after the load;
 - ``expected`` (verify: the tables recomputed from every session row, to compare with what is
@@ -95,17 +95,6 @@ class Rollup(ABC):
     @abstractmethod
     def merge(self, into: Sums, other: Sums) -> None:
         """Add the sums of another worker."""
-
-    @abstractmethod
-    def user_of(self, key: Any) -> str:
-        """The user whose rows a key belongs to."""
-
-    def take_users(self, sums: Sums, users: set[str]) -> Sums:
-        """Remove and return the sums of ``users`` (their owner folds them with other workers')."""
-        taken = {k: v for k, v in sums.items() if self.user_of(k) in users}
-        for key in taken:
-            del sums[key]
-        return taken
 
     @abstractmethod
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:

@@ -127,9 +127,6 @@ class Daily(Rollup):
     def merge(self, into: Sums, other: Sums) -> None:
         add_into(into, other)
 
-    def user_of(self, key: DayKey) -> str:
-        return key[0]
-
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
         for key in sorted(sums):
             d = sums[key]

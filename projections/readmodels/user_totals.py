@@ -119,9 +119,6 @@ class UserTotals(Rollup):
             mine = into.get(user)
             into[user] = change if mine is None else mine + change
 
-    def user_of(self, key: str) -> str:
-        return key
-
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
         for user in sorted(sums):
             yield record(user, sums[user])

@@ -132,9 +132,6 @@ class Weekly(Rollup):
     def merge(self, into: Sums, other: Sums) -> None:
         add_into(into, other)
 
-    def user_of(self, key: WeekKey) -> str:
-        return key[0]
-
     def records(self, sums: Sums) -> Iterator[tuple[Any, ...]]:
         for key in sorted(sums):
             w = sums[key]

@@ -7,6 +7,7 @@ import pytest
 
 from focus_sessions.consumers.replay import bulk, checkpoint, rss
 from focus_sessions.consumers.replay.bulk import BulkSpec, Worker
+from focus_sessions.consumers.replay.memory import ShadowState
 from focus_sessions.producers import events as ev
 from focus_sessions.settings import ProjectorSettings, parse_size
 from tests.unit.histories import T0
@@ -44,7 +45,8 @@ def worker(limit: int, monkeypatch: pytest.MonkeyPatch, base: int = 40 * MiB) ->
     monkeypatch.setattr(rss, "rss", lambda pid=None: base)
     spec = BulkSpec("kafka:9092", "postgresql://", "t", "focus_shadow", 0, (0,), {0: 10},
                     generation=1, memory_limit=limit)
-    return Worker(spec, None, checkpoint.WorkerCheckpoint(0), Pipe())  # type: ignore[arg-type]
+    return Worker(spec, None, checkpoint.WorkerCheckpoint(0), ShadowState(),  # type: ignore[arg-type]
+                  Pipe())
 
 
 def hold(w: Worker, events: int) -> None:

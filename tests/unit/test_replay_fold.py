@@ -10,12 +10,12 @@ from uuid import uuid4
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from focus_sessions.consumers.replay.memory import Rollups, ShadowState, build, state_of
+from focus_sessions.consumers.replay.memory import ShadowState, build
 from focus_sessions.contracts.codec import decode, encode
 from focus_sessions.producers import events as ev
 from focus_sessions.projections.batch import Located, plan
 from focus_sessions.projections.fold import derive
-from focus_sessions.projections.readmodels import ROLLUPS, daily, user_totals, weekly
+from focus_sessions.projections.readmodels import daily, user_totals, weekly
 from focus_sessions.projections.readmodels.sessions import event_record, session_record
 from tests.support.stream import stream
 from tests.unit.histories import T0, minutes
@@ -96,29 +96,6 @@ def test_a_duplicate_is_stored_once_where_the_log_first_held_it():
     (record,) = build(state, event_record, session_record).events
     assert record[-2:] == (2, 10)
     assert state.duplicates == 1
-
-
-def test_sessions_split_over_two_workers_fold_to_the_single_pass_result():
-    events = wire(300, seed=5)
-    workers = ShadowState(), ShadowState()
-    for i, e in enumerate(events):  # as if each session's events sat on both workers' partitions
-        workers[i % 2].add(e, i % 2, i)
-    shared = set(workers[0].session_ids()) & set(workers[1].session_ids())
-    assert shared
-    merged, rows, handed_back = Rollups(), [], []
-    for worker in workers:
-        handed_back += worker.take(shared)
-        out = build(worker, event_record, session_record)
-        merged.merge(out.rollups)
-        rows += out.sessions
-    whole = build(state_of(handed_back), event_record, session_record)  # the coordinator's part
-    merged.merge(whole.rollups)
-    rows += whole.sessions
-
-    single = build(state_of((e, 0, i) for i, e in enumerate(events)), event_record, session_record)
-    assert sorted(rows) == sorted(single.sessions)
-    for rollup in ROLLUPS:
-        assert list(merged.records(rollup)) == list(single.rollups.records(rollup))
 
 
 def test_a_week_starts_on_monday_in_the_users_time_zone():
